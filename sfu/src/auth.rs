@@ -1,0 +1,285 @@
+//! Login tokens: HS256 JWTs with `sub`, `exp` and optional `name` (PROTOCOL.md
+//! "Authentication"). Minting and verification take the wall-clock time as an argument so the
+//! rules, expiry included, are tested without a clock.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The secret `--dev` uses. Never for a deployment anyone else can reach.
+pub const DEV_SECRET: &str = "devsecret";
+/// Longest token we try to decode; real ones are a few hundred bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest display name.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// The claims we read and write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Grants the admin HTTP API; never needed for calls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+/// Why a token was refused. Messages are safe to send to the client and to log: they never
+/// contain the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token is too large")]
+    TooLarge,
+    #[error("token signature or algorithm is not valid for this server")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token lacks a required claim (sub, exp)")]
+    MissingClaim,
+    #[error("token subject must match [A-Za-z0-9_-]{{1,64}}")]
+    BadSubject,
+    #[error("token name is longer than 128 characters")]
+    BadName,
+}
+
+/// True when `user` is a valid user id: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_user_id(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Seconds since the Unix epoch, for the shell to pass in.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Signs and verifies tokens with one shared secret.
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is checked by `verify` against the time it is given.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Mints a token for `user` valid for `ttl` from `now` (Unix seconds).
+    pub fn mint(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        admin: bool,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<String, AuthError> {
+        if !valid_user_id(user) {
+            return Err(AuthError::BadSubject);
+        }
+        if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+            return Err(AuthError::BadName);
+        }
+        let claims = Claims {
+            sub: user.to_string(),
+            exp: now.saturating_add(ttl.as_secs()),
+            iat: Some(now),
+            name: name.map(str::to_string),
+            admin,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| AuthError::Malformed)
+    }
+
+    /// Verifies `token` at `now` (Unix seconds): HS256 only, signature, `exp` > now, `sub`
+    /// syntax, name length.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature
+                }
+                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+                ErrorKind::Json(_) => AuthError::MissingClaim,
+                _ => AuthError::Malformed,
+            })?;
+        let claims = data.claims;
+        if claims.exp <= now {
+            return Err(AuthError::Expired);
+        }
+        if !valid_user_id(&claims.sub) {
+            return Err(AuthError::BadSubject);
+        }
+        if claims
+            .name
+            .as_deref()
+            .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS)
+        {
+            return Err(AuthError::BadName);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn auth() -> Auth {
+        Auth::new(b"a-test-secret-of-some-length")
+    }
+
+    #[test]
+    fn round_trip() {
+        let a = auth();
+        let t = a
+            .mint("alice", Some("Alice"), false, Duration::from_secs(60), NOW)
+            .unwrap();
+        let c = a.verify(&t, NOW).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.name.as_deref(), Some("Alice"));
+        assert_eq!(c.exp, NOW + 60);
+        assert!(!c.admin);
+    }
+
+    #[test]
+    fn expiry_boundary() {
+        let a = auth();
+        let t = a
+            .mint("alice", None, false, Duration::from_secs(60), NOW)
+            .unwrap();
+        assert!(a.verify(&t, NOW + 59).is_ok());
+        assert_eq!(a.verify(&t, NOW + 60), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage() {
+        let t = Auth::new(b"other-secret-xxxxxxxx")
+            .mint("alice", None, false, Duration::from_secs(60), NOW)
+            .unwrap();
+        assert_eq!(auth().verify(&t, NOW), Err(AuthError::BadSignature));
+        assert_eq!(auth().verify("garbage", NOW), Err(AuthError::Malformed));
+        assert_eq!(auth().verify("", NOW), Err(AuthError::Malformed));
+        assert_eq!(auth().verify("a.b.c", NOW), Err(AuthError::Malformed));
+        let huge = "x".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(auth().verify(&huge, NOW), Err(AuthError::TooLarge));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let key = EncodingKey::from_secret(b"a-test-secret-of-some-length");
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: NOW + 60,
+            iat: None,
+            name: None,
+            admin: false,
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &key).unwrap();
+        assert_eq!(auth().verify(&t, NOW), Err(AuthError::BadSignature));
+        // alg "none" with an empty signature.
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#),
+            b64(format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60).as_bytes())
+        );
+        assert!(auth().verify(&none, NOW).is_err());
+    }
+
+    #[test]
+    fn claims_rules() {
+        let key = EncodingKey::from_secret(b"a-test-secret-of-some-length");
+        let sign = |v: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &v, &key).unwrap()
+        };
+        let a = auth();
+        assert_eq!(
+            a.verify(&sign(serde_json::json!({"sub": "alice"})), NOW),
+            Err(AuthError::MissingClaim)
+        );
+        assert_eq!(
+            a.verify(&sign(serde_json::json!({"exp": NOW + 60})), NOW),
+            Err(AuthError::MissingClaim)
+        );
+        assert_eq!(
+            a.verify(
+                &sign(serde_json::json!({"sub": "al ice", "exp": NOW + 60})),
+                NOW
+            ),
+            Err(AuthError::BadSubject)
+        );
+        assert_eq!(
+            a.verify(
+                &sign(serde_json::json!({"sub": "x".repeat(65), "exp": NOW + 60})),
+                NOW
+            ),
+            Err(AuthError::BadSubject)
+        );
+        assert_eq!(
+            a.verify(
+                &sign(serde_json::json!({"sub": "bob", "exp": NOW + 60, "name": "n".repeat(129)})),
+                NOW
+            ),
+            Err(AuthError::BadName)
+        );
+        assert!(
+            a.verify(
+                &sign(serde_json::json!({"sub": "b_o-B9", "exp": NOW + 60, "admin": true})),
+                NOW
+            )
+            .unwrap()
+            .admin
+        );
+    }
+
+    #[test]
+    fn user_ids() {
+        assert!(valid_user_id("a"));
+        assert!(valid_user_id(&"Z".repeat(64)));
+        assert!(!valid_user_id(""));
+        assert!(!valid_user_id(&"Z".repeat(65)));
+        assert!(!valid_user_id("a.b"));
+        assert!(!valid_user_id("é"));
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..=chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}

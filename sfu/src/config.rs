@@ -1,0 +1,412 @@
+//! The command line (DESIGN.md "CLI contract"): `sfu serve` and `sfu token`. Every `serve`
+//! flag is also an `SFU_*` environment variable and a key of the optional TOML file given by
+//! `--config`; the command line and environment win over the file, the file over defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::auth::DEV_SECRET;
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sfu",
+    version,
+    about = "WebRTC SFU for 1v1 and group calls, with call-quality analytics",
+    long_about = "WebRTC SFU for 1v1 and group calls, with call-quality analytics.\n\n\
+        Quick start: `sfu serve --dev`, then mint tokens with `sfu token alice --dev` and \
+        connect WebSocket clients to ws://127.0.0.1:7600/ws."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a login token (JWT, HS256) for a user.
+    Token(TokenArgs),
+}
+
+/// A duration written like `30s`, `1m30s`, `500ms`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| format!("{e} (write durations like 30s, 1m, 500ms)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `sfu serve` flags. All optional here so the config file can fill the gaps; defaults are
+/// applied by [`ServeArgs::resolve`].
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the long flags, e.g. `invite-timeout = "20s"`).
+    #[arg(long, env = "SFU_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Development mode: loopback only, JWT secret "devsecret", no other flag needed.
+    #[arg(long, env = "SFU_DEV")]
+    #[serde(default)]
+    pub dev: bool,
+
+    /// HTTP listener: WebSocket at /ws, /healthz. Port 0 picks a free port. [default: 127.0.0.1:7600]
+    #[arg(long, env = "SFU_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// Prometheus listener, serving /metrics. [default: 127.0.0.1:9600]
+    #[arg(long, env = "SFU_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// HS256 secret that login tokens are signed with (at least 16 bytes). Prefer the env var.
+    #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long an invite rings before `no_response`. [default: 30s]
+    #[arg(long, env = "SFU_INVITE_TIMEOUT", value_name = "DURATION")]
+    pub invite_timeout: Option<Dur>,
+
+    /// How long a user whose socket dropped stays in their calls. [default: 10s]
+    #[arg(long, env = "SFU_RECONNECT_GRACE", value_name = "DURATION")]
+    pub reconnect_grace: Option<Dur>,
+
+    /// URL POSTed a JSON invite (call_id, from, to, media, client_state) for offline callees.
+    #[arg(long, env = "SFU_PUSH_WEBHOOK", value_name = "URL")]
+    pub push_webhook: Option<String>,
+
+    /// Largest WebSocket message accepted, in bytes; larger ones close the socket (1009). [default: 65536]
+    #[arg(long, env = "SFU_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Requests per second per socket (bursts of twice that); more get 4029. [default: 20]
+    #[arg(long, env = "SFU_MAX_REQUESTS_PER_SEC", value_name = "N")]
+    pub max_requests_per_sec: Option<u32>,
+
+    /// Most members (joined or invited) in one call. [default: 16]
+    #[arg(long, env = "SFU_MAX_CALL_MEMBERS", value_name = "N")]
+    pub max_call_members: Option<usize>,
+
+    /// Most live calls one user may be in at once. [default: 1]
+    #[arg(long, env = "SFU_MAX_CALLS_PER_USER", value_name = "N")]
+    pub max_calls_per_user: Option<usize>,
+
+    /// A socket silent this long (no frame, no pong) is closed and treated as a disconnect. [default: 30s]
+    #[arg(long, env = "SFU_WS_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub ws_idle_timeout: Option<Dur>,
+
+    /// Log format. [default: human]
+    #[arg(long, env = "SFU_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins. [default: info]
+    #[arg(long, env = "SFU_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// `sfu token` flags.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id ([A-Za-z0-9_-]{1,64}).
+    pub user: String,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub ttl: Dur,
+    /// Secret to sign with (same as the server's).
+    #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Sign with the dev secret, for a server started with `sfu serve --dev`.
+    #[arg(long)]
+    pub dev: bool,
+    /// Grant the admin API (call records).
+    #[arg(long)]
+    pub admin: bool,
+}
+
+impl TokenArgs {
+    pub fn secret(&self) -> anyhow::Result<String> {
+        match (&self.jwt_secret, self.dev) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, true) => Ok(DEV_SECRET.to_string()),
+            (None, false) => bail!(
+                "no secret: pass --jwt-secret (or set SFU_JWT_SECRET) to match the server, \
+                 or --dev for a server started with `sfu serve --dev`"
+            ),
+        }
+    }
+}
+
+/// A complete, checked server configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub dev: bool,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+    pub jwt_secret: String,
+    pub invite_timeout: Duration,
+    pub reconnect_grace: Duration,
+    pub push_webhook: Option<String>,
+    pub max_frame_bytes: usize,
+    pub max_requests_per_sec: u32,
+    pub max_call_members: usize,
+    pub max_calls_per_user: usize,
+    pub ws_idle_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl ServeConfig {
+    /// Dev-mode settings with ephemeral ports, for tests and embedding.
+    pub fn dev_ephemeral() -> Self {
+        ServeArgs {
+            dev: true,
+            http: Some(([127, 0, 0, 1], 0).into()),
+            metrics: Some(([127, 0, 0, 1], 0).into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_or_else(|e| panic!("built-in dev config is invalid: {e}"))
+    }
+}
+
+const MIN_SECRET_BYTES: usize = 16;
+
+impl ServeArgs {
+    /// Reads the `--config` file, if any, under the command line.
+    pub fn with_file(self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: ServeArgs = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(self.over(file))
+    }
+
+    /// `self`'s settings, with `file`'s where `self` has none.
+    fn over(self, file: ServeArgs) -> Self {
+        Self {
+            config: self.config,
+            dev: self.dev || file.dev,
+            http: self.http.or(file.http),
+            metrics: self.metrics.or(file.metrics),
+            jwt_secret: self.jwt_secret.or(file.jwt_secret),
+            invite_timeout: self.invite_timeout.or(file.invite_timeout),
+            reconnect_grace: self.reconnect_grace.or(file.reconnect_grace),
+            push_webhook: self.push_webhook.or(file.push_webhook),
+            max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+            max_requests_per_sec: self.max_requests_per_sec.or(file.max_requests_per_sec),
+            max_call_members: self.max_call_members.or(file.max_call_members),
+            max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
+            ws_idle_timeout: self.ws_idle_timeout.or(file.ws_idle_timeout),
+            log_format: self.log_format.or(file.log_format),
+            log_level: self.log_level.or(file.log_level),
+        }
+    }
+
+    /// Applies defaults and checks every setting.
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let http = self.http.unwrap_or(([127, 0, 0, 1], 7600).into());
+        let metrics = self.metrics.unwrap_or(([127, 0, 0, 1], 9600).into());
+        let jwt_secret = match (self.jwt_secret, self.dev) {
+            (Some(s), _) => s,
+            (None, true) => DEV_SECRET.to_string(),
+            (None, false) => bail!(
+                "no JWT secret: set SFU_JWT_SECRET (or --jwt-secret), or run `sfu serve --dev` \
+                 to try it locally"
+            ),
+        };
+        if !self.dev && jwt_secret.len() < MIN_SECRET_BYTES {
+            bail!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes");
+        }
+        if !self.dev && jwt_secret == DEV_SECRET {
+            bail!("the dev secret is only allowed with --dev");
+        }
+        if self.dev {
+            for (name, addr) in [("--http", http), ("--metrics", metrics)] {
+                if !addr.ip().is_loopback() {
+                    bail!(
+                        "--dev binds loopback only ({name} {addr} is not): the dev secret is \
+                         public, so anyone who can reach the server could log in"
+                    );
+                }
+            }
+        }
+        let invite_timeout = self.invite_timeout.map_or(Duration::from_secs(30), |d| d.0);
+        if invite_timeout.is_zero() || invite_timeout > Duration::from_secs(600) {
+            bail!("--invite-timeout must be between 1ms and 10m");
+        }
+        let reconnect_grace = self
+            .reconnect_grace
+            .map_or(Duration::from_secs(10), |d| d.0);
+        if reconnect_grace > Duration::from_secs(600) {
+            bail!("--reconnect-grace must be at most 10m");
+        }
+        let ws_idle_timeout = self
+            .ws_idle_timeout
+            .map_or(Duration::from_secs(30), |d| d.0);
+        if ws_idle_timeout < Duration::from_millis(100)
+            || ws_idle_timeout > Duration::from_secs(3600)
+        {
+            bail!("--ws-idle-timeout must be between 100ms and 1h");
+        }
+        if let Some(url) = &self.push_webhook {
+            let parsed = reqwest::Url::parse(url)
+                .with_context(|| format!("--push-webhook {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--push-webhook must be an http or https URL");
+            }
+        }
+        let max_frame_bytes = self.max_frame_bytes.unwrap_or(64 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&max_frame_bytes) {
+            bail!("--max-frame-bytes must be between 1024 and 16777216");
+        }
+        let max_requests_per_sec = self.max_requests_per_sec.unwrap_or(20);
+        if max_requests_per_sec == 0 {
+            bail!("--max-requests-per-sec must be at least 1");
+        }
+        let max_call_members = self.max_call_members.unwrap_or(16);
+        if !(2..=1000).contains(&max_call_members) {
+            bail!("--max-call-members must be between 2 and 1000");
+        }
+        let max_calls_per_user = self.max_calls_per_user.unwrap_or(1);
+        if !(1..=100).contains(&max_calls_per_user) {
+            bail!("--max-calls-per-user must be between 1 and 100");
+        }
+        Ok(ServeConfig {
+            dev: self.dev,
+            http,
+            metrics,
+            jwt_secret,
+            invite_timeout,
+            reconnect_grace,
+            push_webhook: self.push_webhook,
+            max_frame_bytes,
+            max_requests_per_sec,
+            max_call_members,
+            max_calls_per_user,
+            ws_idle_timeout,
+            log_format: self.log_format.unwrap_or_default(),
+            log_level: self.log_level.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_needs_nothing_else() {
+        let c = ServeArgs {
+            dev: true,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.jwt_secret, DEV_SECRET);
+        assert_eq!(c.http, "127.0.0.1:7600".parse().unwrap());
+        assert_eq!(c.metrics, "127.0.0.1:9600".parse().unwrap());
+        assert_eq!(c.invite_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn production_needs_a_real_secret() {
+        assert!(ServeArgs::default().resolve().is_err());
+        let short = ServeArgs {
+            jwt_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(short.resolve().is_err());
+        let dev_secret = ServeArgs {
+            jwt_secret: Some(DEV_SECRET.into()),
+            ..Default::default()
+        };
+        assert!(dev_secret.resolve().is_err());
+        let ok = ServeArgs {
+            jwt_secret: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert!(ok.resolve().is_ok());
+    }
+
+    #[test]
+    fn dev_refuses_public_binds() {
+        let c = ServeArgs {
+            dev: true,
+            http: Some("0.0.0.0:7600".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(c.resolve().is_err());
+    }
+
+    #[test]
+    fn file_fills_gaps_under_the_command_line() {
+        let file: ServeArgs = toml::from_str(
+            "dev = true\ninvite-timeout = \"5s\"\nmax-call-members = 4\nhttp = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cli = ServeArgs {
+            http: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = cli.over(file).resolve().unwrap();
+        assert!(c.dev);
+        assert_eq!(c.invite_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_call_members, 4);
+        assert_eq!(c.http, "127.0.0.1:2".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        assert!(toml::from_str::<ServeArgs>("invite-timeout = \"soon\"").is_err());
+        assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
+        let zero = ServeArgs {
+            dev: true,
+            invite_timeout: Some(Dur(Duration::ZERO)),
+            ..Default::default()
+        };
+        assert!(zero.resolve().is_err());
+        let hook = ServeArgs {
+            dev: true,
+            push_webhook: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(hook.resolve().is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["sfu", "serve", "--dev", "--invite-timeout", "2s"]).unwrap();
+        match cli.command {
+            Command::Serve(a) => assert_eq!(a.invite_timeout, Some(Dur(Duration::from_secs(2)))),
+            _ => panic!("expected serve"),
+        }
+    }
+}

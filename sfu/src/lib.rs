@@ -1,0 +1,14 @@
+//! `sfu`: a WebRTC SFU with the call model of TRTCCalling and the Telnyx SDK.
+//!
+//! The sans-IO core ([`signaling`]) holds the call rules; the shell ([`server`]) moves
+//! WebSocket frames, timers and webhooks in and out of it. See `docs/architecture.md`.
+
+pub mod auth;
+pub mod config;
+pub mod directory;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod signaling;

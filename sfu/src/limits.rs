@@ -1,0 +1,131 @@
+//! Per-socket limits, pure and clock-free: a token bucket for requests per second and an
+//! error budget that closes a socket that keeps sending garbage.
+
+use std::time::{Duration, Instant};
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The limits of one socket: requests per second, and how much abuse (unparseable frames,
+/// rate-limited requests) it may send before it is closed.
+#[derive(Clone, Debug)]
+pub struct SocketLimits {
+    requests: TokenBucket,
+    abuse: TokenBucket,
+}
+
+/// What to do with one incoming frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Answer with 4029.
+    RateLimited,
+    /// Close the socket (1008, policy violation).
+    Close,
+}
+
+impl SocketLimits {
+    /// `rate` requests per second with bursts of twice that; the abuse budget allows
+    /// `ABUSE_BURST` bad frames, refilling at `ABUSE_RATE` a second.
+    pub fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            requests: TokenBucket::new(rate, 2.0 * rate, now),
+            abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST, now),
+        }
+    }
+
+    /// Accounts one request frame.
+    pub fn request(&mut self, now: Instant) -> Verdict {
+        if self.requests.take(now) {
+            Verdict::Allow
+        } else {
+            self.offence(now)
+        }
+    }
+
+    /// Accounts one bad frame (invalid JSON, invalid request, binary frame).
+    pub fn offence(&mut self, now: Instant) -> Verdict {
+        if self.abuse.take(now) {
+            Verdict::RateLimited
+        } else {
+            Verdict::Close
+        }
+    }
+}
+
+/// Bad frames tolerated in a burst, and per second after it.
+pub const ABUSE_BURST: f64 = 50.0;
+pub const ABUSE_RATE: f64 = 5.0;
+
+/// How long a client may stay silent (no frame, no pong) before it counts as gone.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 20.0, t0);
+        assert!((0..20).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + Duration::from_millis(99)));
+        assert!(b.take(t0 + Duration::from_millis(200)));
+        // Never above the burst, however long idle.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..100).filter(|_| b.take(later)).count(), 20);
+    }
+
+    #[test]
+    fn flood_is_rate_limited_then_closed() {
+        let t0 = Instant::now();
+        let mut l = SocketLimits::new(10, t0);
+        let verdicts: Vec<Verdict> = (0..200).map(|_| l.request(t0)).collect();
+        assert!(verdicts[..20].iter().all(|v| *v == Verdict::Allow));
+        assert!(verdicts[20..70].iter().all(|v| *v == Verdict::RateLimited));
+        assert_eq!(verdicts[70], Verdict::Close);
+    }
+
+    #[test]
+    fn occasional_garbage_is_tolerated() {
+        let t0 = Instant::now();
+        let mut l = SocketLimits::new(10, t0);
+        for i in 0..1000u64 {
+            let now = t0 + Duration::from_millis(250 * i);
+            assert_eq!(l.offence(now), Verdict::RateLimited);
+            assert_eq!(l.request(now), Verdict::Allow);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics of one server instance, on their own registry (so several servers can
+//! live in one process, as in tests). Every family is listed in `docs/metrics.md`; labels never
+//! carry user or call ids.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::{Method, codes};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub sessions_active: IntGauge,
+    pub users_online: IntGauge,
+    pub calls_active: IntGauge,
+    pub calls_started: IntCounterVec,
+    pub calls_ended: IntCounterVec,
+    pub call_setup_seconds: Histogram,
+    pub call_duration_seconds: Histogram,
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub sessions_closed: IntCounterVec,
+    pub push_webhooks: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only fails on malformed names/labels, which are constants here: a bug, not input.
+    r.unwrap_or_else(|e| panic!("metric definition is invalid: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = must(Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets),
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let m = Self {
+            sessions_active: gauge("sfu_sessions_active", "Open signaling WebSocket sessions."),
+            users_online: gauge(
+                "sfu_users_online",
+                "Logged-in users with a connected session.",
+            ),
+            calls_active: gauge("sfu_calls_active", "Calls ringing or in progress."),
+            calls_started: counter(
+                "sfu_calls_started_total",
+                "Calls placed, by type (1v1|group) and media (audio|video).",
+                &["type", "media"],
+            ),
+            calls_ended: counter(
+                "sfu_calls_ended_total",
+                "Calls ended, by reason (the call_end reason) and whether anyone answered.",
+                &["reason", "answered"],
+            ),
+            call_setup_seconds: histogram(
+                "sfu_call_setup_seconds",
+                "Time from invite to accept, per callee who accepted.",
+                vec![0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0],
+            ),
+            call_duration_seconds: histogram(
+                "sfu_call_duration_seconds",
+                "Duration of ended calls, from call to call_end.",
+                vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+                ],
+            ),
+            requests: counter(
+                "sfu_signaling_requests_total",
+                "Signaling requests answered, by method (unknown methods count as \"unknown\").",
+                &["method"],
+            ),
+            errors: counter(
+                "sfu_signaling_errors_total",
+                "Signaling error responses, by method and JSON-RPC error code.",
+                &["method", "code"],
+            ),
+            sessions_closed: counter(
+                "sfu_sessions_closed_total",
+                "Signaling sessions closed, by cause.",
+                &["cause"],
+            ),
+            push_webhooks: counter(
+                "sfu_push_webhooks_total",
+                "Push webhook POSTs for offline callees, by result (ok|error|dropped).",
+                &["result"],
+            ),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            must(m.registry.register(Box::new(pc)));
+        }
+        m
+    }
+
+    /// Counts one response to a request.
+    pub fn response(&self, method: Option<Method>, error: Option<i32>) {
+        let label = method.map_or("unknown", Method::as_str);
+        self.requests.with_label_values(&[label]).inc();
+        if let Some(code) = error {
+            let code = if codes::ALL.contains(&code) {
+                code
+            } else {
+                codes::INTERNAL
+            };
+            self.errors
+                .with_label_values(&[label, &code.to_string()])
+                .inc();
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

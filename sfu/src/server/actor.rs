@@ -1,0 +1,167 @@
+//! The call-model driver: one task owns the [`CallModel`], feeds it session inputs and the
+//! clock, and carries out its outputs (frames to sessions, closes, pushes, metrics and the call
+//! directory). Nothing here decides a call rule.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
+
+use super::Shared;
+use super::push::PushQueue;
+use crate::directory::{CallEntry, ToSocket};
+use crate::protocol::{Method, RequestId};
+use crate::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output};
+
+/// What sessions send the driver.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A login whose token is verified.
+    Login {
+        conn: ConnId,
+        id: RequestId,
+        user: String,
+    },
+    Request {
+        conn: ConnId,
+        id: RequestId,
+        method: Method,
+        params: Value,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+}
+
+/// Inputs handled before outputs are flushed, to amortize wake-ups under load.
+const BATCH: usize = 64;
+
+pub(crate) async fn run(
+    cfg: ModelConfig,
+    mut rx: mpsc::Receiver<Input>,
+    shared: Arc<Shared>,
+    push: PushQueue,
+) {
+    let mut model = CallModel::new(cfg);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let wake = model.poll_timeout();
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                apply(&mut model, input);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(input) => apply(&mut model, input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = sleep_until(wake) => {
+                model.handle_timeout(Instant::now().into_std());
+            }
+            _ = super::stopped(&mut shutdown) => break,
+        }
+        while let Some(out) = model.poll_output() {
+            carry_out(&shared, &push, out);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply(model: &mut CallModel, input: Input) {
+    let now = Instant::now().into_std();
+    match input {
+        Input::Login { conn, id, user } => model.login(now, conn, id, user),
+        Input::Request {
+            conn,
+            id,
+            method,
+            params,
+        } => model.request(now, conn, id, method, params),
+        Input::Disconnect { conn } => model.disconnect(now, conn),
+    }
+}
+
+fn carry_out(shared: &Shared, push: &PushQueue, out: Output) {
+    match out {
+        Output::Send { conn, msg } => to_socket(shared, conn, ToSocket::Frame(msg)),
+        Output::Close { conn, code, reason } => {
+            to_socket(shared, conn, ToSocket::Close { code, reason })
+        }
+        Output::Push(notice) => match push {
+            Some(tx) => {
+                if tx.try_send(notice).is_err() {
+                    shared
+                        .metrics
+                        .push_webhooks
+                        .with_label_values(&["dropped"])
+                        .inc();
+                }
+            }
+            None => tracing::debug!(
+                call_id = %notice.call_id,
+                "callee offline and no --push-webhook configured"
+            ),
+        },
+        Output::Event(event) => record(shared, event),
+    }
+}
+
+/// Hands a frame to a session without ever waiting: a session whose queue is full cannot keep
+/// up and is closed, so one slow client never stalls the others.
+fn to_socket(shared: &Shared, conn: ConnId, msg: ToSocket) {
+    let Some(handle) = shared.sessions.get(&conn).map(|h| h.clone()) else {
+        return;
+    };
+    match handle.tx.try_send(msg) {
+        Ok(()) | Err(TrySendError::Closed(_)) => {}
+        Err(TrySendError::Full(_)) => handle.kill.notify_one(),
+    }
+}
+
+fn record(shared: &Shared, event: CallEvent) {
+    let m = &shared.metrics;
+    match event {
+        CallEvent::Started {
+            call_id,
+            group,
+            media,
+        } => {
+            let kind = if group { "group" } else { "1v1" };
+            m.calls_started
+                .with_label_values(&[kind, media.into()])
+                .inc();
+            shared.directory.insert(
+                &call_id,
+                CallEntry {
+                    group,
+                    media,
+                    started: Instant::now().into_std(),
+                },
+            );
+        }
+        CallEvent::Answered { setup, .. } => m.call_setup_seconds.observe(setup.as_secs_f64()),
+        CallEvent::Ended {
+            call_id,
+            reason,
+            answered,
+            duration,
+        } => {
+            let answered = if answered { "true" } else { "false" };
+            m.calls_ended
+                .with_label_values(&[reason.into(), answered])
+                .inc();
+            m.call_duration_seconds.observe(duration.as_secs_f64());
+            shared.directory.remove(&call_id);
+        }
+    }
+    m.calls_active.set(shared.directory.len() as i64);
+}

@@ -1,0 +1,147 @@
+//! The I/O shell: binds the HTTP and metrics listeners, runs the call-model driver task, one
+//! task per WebSocket session and the push-webhook sender. It only moves frames, time and
+//! events in and out of the sans-IO [`crate::signaling::CallModel`].
+
+mod actor;
+mod http;
+mod push;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::Auth;
+use crate::config::ServeConfig;
+use crate::directory::{CallDirectory, LocalDirectory, Sessions};
+use crate::metrics::Metrics;
+use crate::signaling::{ConnId, ModelConfig};
+
+pub(crate) use actor::Input;
+
+/// What every task of one server shares.
+pub(crate) struct Shared {
+    pub cfg: ServeConfig,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Sessions,
+    pub directory: Arc<dyn CallDirectory>,
+    pub actor: mpsc::Sender<Input>,
+    pub shutdown: watch::Receiver<bool>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_conn(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Asks every task to stop: sessions are closed with 1001 (going away).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every task has stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Queue of requests waiting for the call model; sessions wait (backpressure) when it is full.
+const ACTOR_QUEUE: usize = 8192;
+
+/// Binds the listeners and starts every task.
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", cfg.http))?;
+    let metrics_listener = TcpListener::bind(cfg.metrics)
+        .await
+        .with_context(|| format!("cannot listen on --metrics {}", cfg.metrics))?;
+    let http_addr = http.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE);
+    let push = push::spawn(cfg.push_webhook.clone(), metrics.clone())?;
+
+    let model_cfg = ModelConfig {
+        invite_timeout: cfg.invite_timeout,
+        reconnect_grace: cfg.reconnect_grace,
+        max_call_members: cfg.max_call_members,
+        max_calls_per_user: cfg.max_calls_per_user,
+        instance: instance_id(),
+        ice_servers: Vec::new(),
+    };
+    let shared = Arc::new(Shared {
+        auth: Auth::new(cfg.jwt_secret.as_bytes()),
+        cfg,
+        metrics: metrics.clone(),
+        sessions: Sessions::default(),
+        directory: Arc::new(LocalDirectory::default()),
+        actor: actor_tx,
+        shutdown: shutdown_rx.clone(),
+        next_conn: AtomicU64::new(0),
+    });
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(actor::run(
+        model_cfg,
+        actor_rx,
+        shared.clone(),
+        push,
+    )));
+    tasks.push(tokio::spawn(http::serve_app(
+        http,
+        http::app(shared.clone()),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(http::serve_app(
+        metrics_listener,
+        http::metrics_app(metrics.clone()),
+        shutdown_rx,
+    )));
+    drop(shared);
+    tracing::info!(http = %http_addr, metrics = %metrics_addr, "sfu listening");
+    Ok(RunningServer {
+        http_addr,
+        metrics_addr,
+        metrics,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// A short random prefix that makes session and call ids unique across restarts.
+fn instance_id() -> String {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        let t = crate::auth::unix_now();
+        b = (t as u32).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

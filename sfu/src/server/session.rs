@@ -1,0 +1,291 @@
+//! One task per signaling WebSocket: reads frames, enforces the per-socket limits, answers what
+//! needs no call state (parse errors, rate limits, token checks) and hands the rest to the
+//! call-model driver; writes what the driver sends back; pings and drops silent clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+
+use super::{Input, Shared};
+use crate::auth::unix_now;
+use crate::directory::{SessionHandle, ToSocket};
+use crate::limits::{SocketLimits, Verdict};
+use crate::protocol::{Incoming, Method, Outbound, RequestId, RpcError, parse_frame};
+use crate::signaling::ConnId;
+use crate::signaling::params::LoginParams;
+
+/// Frames queued for one socket before it counts as too slow and is closed.
+const OUTBOUND_QUEUE: usize = 1024;
+/// A write that takes longer than this means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why a session ended, as the `cause` label of `sfu_sessions_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Client,
+    Idle,
+    Abuse,
+    TooLarge,
+    BadUtf8,
+    Replaced,
+    Slow,
+    Shutdown,
+    Error,
+}
+
+impl Cause {
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Client => "client",
+            Cause::Idle => "idle",
+            Cause::Abuse => "abuse",
+            Cause::TooLarge => "too_large",
+            Cause::BadUtf8 => "bad_utf8",
+            Cause::Replaced => "replaced",
+            Cause::Slow => "slow",
+            Cause::Shutdown => "shutdown",
+            Cause::Error => "error",
+        }
+    }
+}
+
+pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>) {
+    let conn = shared.next_conn();
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let kill = Arc::new(Notify::new());
+    shared.sessions.insert(
+        conn,
+        SessionHandle {
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    shared.metrics.sessions_active.inc();
+    tracing::debug!(conn = conn.0, "session opened");
+
+    let cause = serve(socket, conn, &shared, rx, &kill).await;
+
+    shared.sessions.remove(&conn);
+    shared.metrics.sessions_active.dec();
+    shared
+        .metrics
+        .sessions_closed
+        .with_label_values(&[cause.label()])
+        .inc();
+    tracing::debug!(conn = conn.0, cause = cause.label(), "session closed");
+    let _ = shared.actor.send(Input::Disconnect { conn }).await;
+}
+
+async fn serve(
+    socket: WebSocket,
+    conn: ConnId,
+    shared: &Shared,
+    mut rx: mpsc::Receiver<ToSocket>,
+    kill: &Notify,
+) -> Cause {
+    let (mut sink, mut stream) = socket.split();
+    let idle = shared.cfg.ws_idle_timeout;
+    let mut ping = interval(idle / 3);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let mut limits = SocketLimits::new(shared.cfg.max_requests_per_sec, Instant::now().into_std());
+    let mut shutdown = shared.shutdown.clone();
+
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                let text = match frame {
+                    None => return Cause::Client,
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let err = RpcError::invalid_request("binary frames are not supported; send JSON text");
+                        if let Some(cause) = offence(&mut sink, &mut limits, shared, err).await {
+                            return cause;
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) => return Cause::Client,
+                    Some(Ok(_)) => continue, // ping (answered by the library) or pong
+                    Some(Err(e)) => return read_error(&mut sink, e).await,
+                };
+                if let Some(cause) = on_text(&mut sink, conn, shared, &mut limits, &text).await {
+                    return cause;
+                }
+            }
+            out = rx.recv() => match out {
+                Some(ToSocket::Frame(msg)) => {
+                    if !write(&mut sink, shared, &msg).await {
+                        return Cause::Slow;
+                    }
+                }
+                Some(ToSocket::Close { code, reason }) => {
+                    close(&mut sink, code, reason).await;
+                    return if code == 4000 { Cause::Replaced } else { Cause::Error };
+                }
+                None => return Cause::Error,
+            },
+            _ = kill.notified() => {
+                close(&mut sink, 1008, "too slow: the client is not reading its frames").await;
+                return Cause::Slow;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= idle {
+                    close(&mut sink, 1001, "idle: no frame or pong received").await;
+                    return Cause::Idle;
+                }
+                if timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    return Cause::Slow;
+                }
+            }
+            _ = super::stopped(&mut shutdown) => {
+                close(&mut sink, 1001, "server shutting down").await;
+                return Cause::Shutdown;
+            }
+        }
+    }
+}
+
+/// Handles one text frame; returns a cause when the socket must close.
+async fn on_text(
+    sink: &mut Sink,
+    conn: ConnId,
+    shared: &Shared,
+    limits: &mut SocketLimits,
+    text: &str,
+) -> Option<Cause> {
+    let (id, method, params) = match parse_frame(text) {
+        Incoming::Notification => return None,
+        Incoming::Invalid { id, error } => {
+            let _ = id;
+            return offence(sink, limits, shared, error).await;
+        }
+        Incoming::Request { id, method, params } => (id, method, params),
+    };
+    match limits.request(Instant::now().into_std()) {
+        Verdict::Allow => {}
+        Verdict::RateLimited => {
+            respond(
+                sink,
+                shared,
+                id,
+                Some(method),
+                Err(RpcError::rate_limited()),
+            )
+            .await;
+            return None;
+        }
+        Verdict::Close => {
+            close(sink, 1008, "too many requests").await;
+            return Some(Cause::Abuse);
+        }
+    }
+    let input = if method == Method::Login {
+        match verify_login(shared, params) {
+            Ok(user) => Input::Login { conn, id, user },
+            Err(e) => {
+                respond(sink, shared, id, Some(method), Err(e)).await;
+                return None;
+            }
+        }
+    } else {
+        Input::Request {
+            conn,
+            id,
+            method,
+            params,
+        }
+    };
+    // Waiting here is the backpressure on a client that outpaces the call model.
+    if shared.actor.send(input).await.is_err() {
+        return Some(Cause::Shutdown);
+    }
+    None
+}
+
+/// Login's params and token, checked here so the call model only sees verified users.
+fn verify_login(shared: &Shared, params: serde_json::Value) -> Result<String, RpcError> {
+    let p: LoginParams = crate::protocol::params(params)?;
+    shared
+        .auth
+        .verify(&p.token, unix_now())
+        .map(|claims| claims.sub)
+        .map_err(|e| RpcError::unauthorized(&format!("login refused: {e}")))
+}
+
+/// Answers a bad frame, or closes the socket when it keeps sending them.
+async fn offence(
+    sink: &mut Sink,
+    limits: &mut SocketLimits,
+    shared: &Shared,
+    error: RpcError,
+) -> Option<Cause> {
+    match limits.offence(Instant::now().into_std()) {
+        Verdict::Close => {
+            close(sink, 1008, "too many invalid frames").await;
+            Some(Cause::Abuse)
+        }
+        _ => {
+            respond(sink, shared, serde_json::Value::Null, None, Err(error)).await;
+            None
+        }
+    }
+}
+
+async fn respond(
+    sink: &mut Sink,
+    shared: &Shared,
+    id: RequestId,
+    method: Option<Method>,
+    result: Result<serde_json::Value, RpcError>,
+) {
+    let msg = Outbound::Response { id, method, result };
+    let _ = write(sink, shared, &msg).await;
+}
+
+/// Writes one frame; false when the client is gone or not reading.
+async fn write(sink: &mut Sink, shared: &Shared, msg: &Outbound) -> bool {
+    if let Outbound::Response { method, result, .. } = msg {
+        shared
+            .metrics
+            .response(*method, result.as_ref().err().map(|e| e.code));
+    }
+    let text = Message::Text(Utf8Bytes::from(msg.to_frame()));
+    matches!(timeout(WRITE_TIMEOUT, sink.send(text)).await, Ok(Ok(())))
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}
+
+/// RFC 6455: invalid UTF-8 closes with 1007, an oversized message with 1009.
+async fn read_error(sink: &mut Sink, e: axum::Error) -> Cause {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Utf8(_)) => {
+            close(sink, 1007, "invalid UTF-8 in a text frame").await;
+            Cause::BadUtf8
+        }
+        Some(tungstenite::Error::Capacity(_)) => {
+            close(sink, 1009, "message too big").await;
+            Cause::TooLarge
+        }
+        Some(tungstenite::Error::Protocol(_)) => {
+            close(sink, 1002, "WebSocket protocol error").await;
+            Cause::Error
+        }
+        _ => Cause::Client,
+    }
+}
