@@ -108,7 +108,7 @@ async fn serve(
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
                         let err = RpcError::invalid_request("binary frames are not supported; send JSON text");
-                        if let Some(cause) = offence(&mut sink, &mut limits, shared, err).await {
+                        if let Some(cause) = offence(&mut sink, &mut limits, shared, serde_json::Value::Null, err).await {
                             return cause;
                         }
                         continue;
@@ -164,10 +164,7 @@ async fn on_text(
 ) -> Option<Cause> {
     let (id, method, params) = match parse_frame(text) {
         Incoming::Notification => return None,
-        Incoming::Invalid { id, error } => {
-            let _ = id;
-            return offence(sink, limits, shared, error).await;
-        }
+        Incoming::Invalid { id, error } => return offence(sink, limits, shared, id, error).await,
         Incoming::Request { id, method, params } => (id, method, params),
     };
     match limits.request(Instant::now().into_std()) {
@@ -226,6 +223,7 @@ async fn offence(
     sink: &mut Sink,
     limits: &mut SocketLimits,
     shared: &Shared,
+    id: RequestId,
     error: RpcError,
 ) -> Option<Cause> {
     match limits.offence(Instant::now().into_std()) {
@@ -234,7 +232,7 @@ async fn offence(
             Some(Cause::Abuse)
         }
         _ => {
-            respond(sink, shared, serde_json::Value::Null, None, Err(error)).await;
+            respond(sink, shared, id, None, Err(error)).await;
             None
         }
     }

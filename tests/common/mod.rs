@@ -1,0 +1,347 @@
+//! Shared harness of the end-to-end tests: starts the real `sfu` binary on ephemeral ports and
+//! drives it with real WebSocket clients (tokio-tungstenite).
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sfu::auth::{Auth, DEV_SECRET, unix_now};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Path of the `sfu` binary of this workspace, (re)built once per test process so a test run
+/// never exercises a stale server.
+pub fn sfu_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "sfu", "--bin", "sfu"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p sfu failed");
+        dir.join(format!("sfu{}", std::env::consts::EXE_SUFFIX))
+    })
+    .clone()
+}
+
+/// A running `sfu serve --dev` with ephemeral ports.
+pub struct Server {
+    child: Child,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(sfu_bin())
+            .args([
+                "serve",
+                "--dev",
+                "--http",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sfu");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (http, metrics) = timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push(line.clone());
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "sfu listening" {
+                    let http = v["http"].as_str().unwrap().parse().unwrap();
+                    let metrics = v["metrics"].as_str().unwrap().parse().unwrap();
+                    return (http, metrics);
+                }
+            }
+            panic!("sfu exited before listening: {:?}", log.lock().unwrap());
+        })
+        .await
+        .expect("sfu did not start in time");
+        // Keep draining stderr so the server never blocks on a full pipe.
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server {
+            child,
+            http,
+            metrics,
+            log,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        Auth::new(DEV_SECRET.as_bytes())
+            .mint(user, None, false, Duration::from_secs(3600), unix_now())
+            .unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// A connected, logged-in client.
+    pub async fn login(&self, user: &str) -> Client {
+        let mut c = self.client().await;
+        let r = c
+            .request("login", json!({ "token": self.token(user) }))
+            .await
+            .unwrap_or_else(|e| panic!("login {user}: {e}"));
+        assert_eq!(r["user"], user);
+        c.user = user.to_string();
+        c
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `sfu_calls_active` or
+    /// `sfu_calls_ended_total{answered="true",reason="hangup"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        sample_value(&self.metrics_text().await, sample)
+    }
+
+    /// Waits until `sample` reaches `want`.
+    pub async fn wait_metric(&self, sample: &str, want: f64) {
+        let mut last = f64::NAN;
+        for _ in 0..200 {
+            last = self.metric(sample).await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{sample} is {last}, expected {want}");
+    }
+
+    /// True while the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+pub fn sample_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A signaling client speaking PROTOCOL.md.
+pub struct Client {
+    ws: Ws,
+    next_id: u64,
+    queue: VecDeque<Value>,
+    /// The user this client logged in as (empty before login).
+    pub user: String,
+}
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16),
+    NoFrame,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            ws,
+            next_id: 0,
+            queue: VecDeque::new(),
+            user: String::new(),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> bool {
+        self.ws.send(msg).await.is_ok()
+    }
+
+    /// Next frame parsed as JSON (pings are answered by the library and skipped).
+    async fn next_json(&mut self) -> Value {
+        loop {
+            let msg = timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a request and returns its `result`, or its `error` object as `Err`.
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_text(&frame.to_string()).await;
+        self.response(json!(id)).await
+    }
+
+    /// Waits for the response with this id, queueing notifications that come first.
+    pub async fn response(&mut self, id: Value) -> Result<Value, Value> {
+        loop {
+            let v = self.next_json().await;
+            if v.get("method").is_some() && v.get("id").is_none() {
+                self.queue.push_back(v);
+                continue;
+            }
+            assert_eq!(v["jsonrpc"], "2.0");
+            assert_eq!(v["id"], id, "response to another request: {v}");
+            return match v.get("error") {
+                Some(e) => Err(e.clone()),
+                None => Ok(v["result"].clone()),
+            };
+        }
+    }
+
+    /// Sends a request that must fail; returns the error code.
+    pub async fn error_code(&mut self, method: &str, params: Value) -> i64 {
+        let e = self
+            .request(method, params)
+            .await
+            .expect_err("expected an error");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        e["code"].as_i64().unwrap()
+    }
+
+    /// The next notification, which must be `method`; returns its params.
+    pub async fn expect(&mut self, method: &str) -> Value {
+        let v = match self.queue.pop_front() {
+            Some(v) => v,
+            None => self.next_json().await,
+        };
+        assert_eq!(v["method"], method, "unexpected notification {v}");
+        assert!(v.get("id").is_none());
+        v["params"].clone()
+    }
+
+    /// Asserts no notification arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        assert!(self.queue.is_empty(), "queued: {:?}", self.queue);
+        let r = timeout(d, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return t.to_string(),
+                    Some(Ok(Message::Close(f))) => return format!("close {f:?}"),
+                    Some(Ok(_)) => continue,
+                    other => return format!("{other:?}"),
+                }
+            }
+        })
+        .await;
+        if let Ok(frame) = r {
+            panic!("expected silence, got {frame}");
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code. Text frames on the way are
+    /// returned too.
+    pub async fn closed(&mut self) -> (Closed, Vec<Value>) {
+        let mut frames = Vec::new();
+        loop {
+            match timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (Closed::Code(u16::from(f.code)), frames);
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return (Closed::NoFrame, frames);
+                }
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drops the TCP connection without a close handshake.
+    pub fn drop_hard(self) {
+        drop(self);
+    }
+}
+
+/// Places a call from `caller` to `callee` and answers it; returns the call id. Consumes the
+/// notifications of that flow on both sides.
+pub async fn connected_call(caller: &mut Client, callee: &mut Client, media: &str) -> String {
+    let r = caller
+        .request("call", json!({"to": [callee.user], "media": media}))
+        .await
+        .unwrap();
+    let id = r["call_id"].as_str().unwrap().to_string();
+    let inv = callee.expect("invited").await;
+    assert_eq!(inv["call_id"], id);
+    callee
+        .request("accept", json!({ "call_id": id }))
+        .await
+        .unwrap();
+    assert_eq!(caller.expect("accepted").await["user"], callee.user);
+    assert_eq!(caller.expect("user_enter").await["user"], callee.user);
+    assert_eq!(callee.expect("user_enter").await["user"], caller.user);
+    id
+}
