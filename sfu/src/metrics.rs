@@ -10,8 +10,9 @@ use crate::protocol::{Method, codes};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Names of the `sfu_*` families registered, for docs checks.
+    pub families: Vec<&'static str>,
     pub sessions_active: IntGauge,
-    pub users_online: IntGauge,
     pub calls_active: IntGauge,
     pub calls_started: IntCounterVec,
     pub calls_ended: IntCounterVec,
@@ -31,17 +32,21 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str| {
+        let families = std::cell::RefCell::new(Vec::new());
+        let gauge = |name: &'static str, help: &str| {
+            families.borrow_mut().push(name);
             let g = must(IntGauge::new(name, help));
             must(registry.register(Box::new(g.clone())));
             g
         };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
+        let counter = |name: &'static str, help: &str, labels: &[&str]| {
+            families.borrow_mut().push(name);
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(c.clone())));
             c
         };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+        let histogram = |name: &'static str, help: &str, buckets: Vec<f64>| {
+            families.borrow_mut().push(name);
             let h = must(Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(buckets),
             ));
@@ -50,10 +55,6 @@ impl Metrics {
         };
         let m = Self {
             sessions_active: gauge("sfu_sessions_active", "Open signaling WebSocket sessions."),
-            users_online: gauge(
-                "sfu_users_online",
-                "Logged-in users with a connected session.",
-            ),
             calls_active: gauge("sfu_calls_active", "Calls ringing or in progress."),
             calls_started: counter(
                 "sfu_calls_started_total",
@@ -97,8 +98,11 @@ impl Metrics {
                 "Push webhook POSTs for offline callees, by result (ok|error|dropped).",
                 &["result"],
             ),
+            families: Vec::new(),
             registry,
         };
+        let mut m = m;
+        m.families = families.into_inner();
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();

@@ -108,23 +108,19 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         next_conn: AtomicU64::new(0),
     });
 
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(actor::run(
-        model_cfg,
-        actor_rx,
-        shared.clone(),
-        push,
-    )));
-    tasks.push(tokio::spawn(http::serve_app(
-        http,
-        http::app(shared.clone()),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(http::serve_app(
-        metrics_listener,
-        http::metrics_app(metrics.clone()),
-        shutdown_rx,
-    )));
+    let tasks = vec![
+        tokio::spawn(actor::run(model_cfg, actor_rx, shared.clone(), push)),
+        tokio::spawn(http::serve_app(
+            http,
+            http::app(shared.clone()),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(http::serve_app(
+            metrics_listener,
+            http::metrics_app(metrics.clone()),
+            shutdown_rx,
+        )),
+    ];
     drop(shared);
     tracing::info!(http = %http_addr, metrics = %metrics_addr, "sfu listening");
     Ok(RunningServer {
