@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the project needs beyond the Rust toolchain, only when missing.
+# Debian packages go through apt-get (root, or sudo when available).
+set -euo pipefail
+
+need_apt=()
+# C toolchain for crates with C parts (aws-lc-sys builds with cc).
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# System CA certificates for HTTPS push webhooks.
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+for tool in cargo rustc; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool not found: install the Rust toolchain (rustup)" >&2; exit 1; }
+done
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$comp"
+  fi
+done
