@@ -25,7 +25,13 @@ fn model_with_users(n: u64) -> CallModel {
 /// One call from u0 to u1..u{size-1}: placed, accepted by everyone, hung up by everyone.
 fn lifecycle(m: &mut CallModel, now: Instant, size: u64) -> usize {
     let to: Vec<String> = (1..size).map(|i| format!("u{i}")).collect();
-    m.request(now, ConnId(1), json!(1), Method::Call, json!({"to": to, "media": "audio"}));
+    m.request(
+        now,
+        ConnId(1),
+        json!(1),
+        Method::Call,
+        json!({"to": to, "media": "audio"}),
+    );
     let mut call_id = String::new();
     let mut frames = 0;
     while let Some(o) = m.poll_output() {
@@ -34,17 +40,28 @@ fn lifecycle(m: &mut CallModel, now: Instant, size: u64) -> usize {
             msg: Outbound::Response { result: Ok(r), .. },
             ..
         } = o
+            && let Some(id) = r["call_id"].as_str()
         {
-            if let Some(id) = r["call_id"].as_str() {
-                call_id = id.to_string();
-            }
+            call_id = id.to_string();
         }
     }
     for i in 1..size {
-        m.request(now, ConnId(i + 1), json!(2), Method::Accept, json!({ "call_id": call_id }));
+        m.request(
+            now,
+            ConnId(i + 1),
+            json!(2),
+            Method::Accept,
+            json!({ "call_id": call_id }),
+        );
     }
     for i in 0..size {
-        m.request(now, ConnId(i + 1), json!(3), Method::Hangup, json!({ "call_id": call_id }));
+        m.request(
+            now,
+            ConnId(i + 1),
+            json!(3),
+            Method::Hangup,
+            json!({ "call_id": call_id }),
+        );
     }
     while m.poll_output().is_some() {
         frames += 1;

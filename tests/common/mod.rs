@@ -258,6 +258,18 @@ impl Client {
         }
     }
 
+    /// The next response, whatever its id (for frames whose id the server cannot read).
+    pub async fn next_response(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v.get("method").is_some() && v.get("id").is_none() {
+                self.queue.push_back(v);
+                continue;
+            }
+            return v;
+        }
+    }
+
     /// Sends a request that must fail; returns the error code.
     pub async fn error_code(&mut self, method: &str, params: Value) -> i64 {
         let e = self

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 
@@ -23,6 +23,8 @@ use crate::signaling::params::LoginParams;
 const OUTBOUND_QUEUE: usize = 1024;
 /// A write that takes longer than this means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed socket is drained for the client's close frame.
+const LINGER: Duration = Duration::from_secs(2);
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -70,7 +72,7 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>) {
     shared.metrics.sessions_active.inc();
     tracing::debug!(conn = conn.0, "session opened");
 
-    let cause = serve(socket, conn, &shared, rx, &kill).await;
+    let (cause, mut stream) = serve(socket, conn, &shared, rx, &kill).await;
 
     shared.sessions.remove(&conn);
     shared.metrics.sessions_active.dec();
@@ -81,6 +83,9 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>) {
         .inc();
     tracing::debug!(conn = conn.0, cause = cause.label(), "session closed");
     let _ = shared.actor.send(Input::Disconnect { conn }).await;
+    if cause != Cause::Client {
+        linger(&mut stream).await;
+    }
 }
 
 async fn serve(
@@ -89,7 +94,7 @@ async fn serve(
     shared: &Shared,
     mut rx: mpsc::Receiver<ToSocket>,
     kill: &Notify,
-) -> Cause {
+) -> (Cause, SplitStream<WebSocket>) {
     let (mut sink, mut stream) = socket.split();
     let idle = shared.cfg.ws_idle_timeout;
     let mut ping = interval(idle / 3);
@@ -99,59 +104,73 @@ async fn serve(
     let mut limits = SocketLimits::new(shared.cfg.max_requests_per_sec, Instant::now().into_std());
     let mut shutdown = shared.shutdown.clone();
 
-    loop {
+    let cause = loop {
         tokio::select! {
             frame = stream.next() => {
                 last_heard = Instant::now();
                 let text = match frame {
-                    None => return Cause::Client,
+                    None => break Cause::Client,
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
                         let err = RpcError::invalid_request("binary frames are not supported; send JSON text");
                         if let Some(cause) = offence(&mut sink, &mut limits, shared, serde_json::Value::Null, err).await {
-                            return cause;
+                            break cause;
                         }
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) => return Cause::Client,
+                    Some(Ok(Message::Close(_))) => break Cause::Client,
                     Some(Ok(_)) => continue, // ping (answered by the library) or pong
-                    Some(Err(e)) => return read_error(&mut sink, e).await,
+                    Some(Err(e)) => break read_error(&mut sink, e).await,
                 };
                 if let Some(cause) = on_text(&mut sink, conn, shared, &mut limits, &text).await {
-                    return cause;
+                    break cause;
                 }
             }
             out = rx.recv() => match out {
                 Some(ToSocket::Frame(msg)) => {
                     if !write(&mut sink, shared, &msg).await {
-                        return Cause::Slow;
+                        break Cause::Slow;
                     }
                 }
                 Some(ToSocket::Close { code, reason }) => {
                     close(&mut sink, code, reason).await;
-                    return if code == 4000 { Cause::Replaced } else { Cause::Error };
+                    break if code == 4000 { Cause::Replaced } else { Cause::Error };
                 }
-                None => return Cause::Error,
+                None => break Cause::Error,
             },
             _ = kill.notified() => {
                 close(&mut sink, 1008, "too slow: the client is not reading its frames").await;
-                return Cause::Slow;
+                break Cause::Slow;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= idle {
                     close(&mut sink, 1001, "idle: no frame or pong received").await;
-                    return Cause::Idle;
+                    break Cause::Idle;
                 }
                 if timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
-                    return Cause::Slow;
+                    break Cause::Slow;
                 }
             }
             _ = super::stopped(&mut shutdown) => {
                 close(&mut sink, 1001, "server shutting down").await;
-                return Cause::Shutdown;
+                break Cause::Shutdown;
             }
         }
-    }
+    };
+    (cause, stream)
+}
+
+/// After our close frame, reads (and drops) what the client still sends until it closes too,
+/// briefly: closing the TCP socket on unread data would reset it and lose our close frame.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let _ = timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles one text frame; returns a cause when the socket must close.
