@@ -193,3 +193,25 @@ async fn a_silent_client_is_dropped_and_treated_as_disconnected() {
     s.wait_metric("sfu_sessions_closed_total{cause=\"idle\"}", 1.0)
         .await;
 }
+
+#[tokio::test]
+async fn a_flood_of_notifications_is_limited_too() {
+    let mut s = Server::start(&["--max-requests-per-sec", "10"]).await;
+    let mut ok = Bystanders::new(&s).await;
+    let mut c = s.login("mallory").await;
+    // Within the rate, notifications are silently ignored.
+    c.send_text("{\"jsonrpc\":\"2.0\",\"method\":\"hangup\",\"params\":{}}")
+        .await;
+    assert_eq!(c.request("ping", json!({})).await.unwrap(), json!({}));
+    for _ in 0..2000 {
+        if !c
+            .send_raw(Message::text("{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}"))
+            .await
+        {
+            break;
+        }
+    }
+    assert_eq!(c.closed().await.0, Closed::Code(1008));
+    ok.still_fine().await;
+    assert!(s.alive());
+}

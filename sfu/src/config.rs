@@ -178,20 +178,6 @@ pub struct ServeConfig {
     pub log_level: String,
 }
 
-impl ServeConfig {
-    /// Dev-mode settings with ephemeral ports, for tests and embedding.
-    pub fn dev_ephemeral() -> Self {
-        ServeArgs {
-            dev: true,
-            http: Some(([127, 0, 0, 1], 0).into()),
-            metrics: Some(([127, 0, 0, 1], 0).into()),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_or_else(|e| panic!("built-in dev config is invalid: {e}"))
-    }
-}
-
 const MIN_SECRET_BYTES: usize = 16;
 
 impl ServeArgs {

@@ -182,7 +182,16 @@ async fn on_text(
     text: &str,
 ) -> Option<Cause> {
     let (id, method, params) = match parse_frame(text) {
-        Incoming::Notification => return None,
+        // Not answered, but counted: a flood of notifications is still a flood.
+        Incoming::Notification => {
+            return match limits.request(Instant::now().into_std()) {
+                Verdict::Close => {
+                    close(sink, 1008, "too many requests").await;
+                    Some(Cause::Abuse)
+                }
+                _ => None,
+            };
+        }
         Incoming::Invalid { id, error } => return offence(sink, limits, shared, id, error).await,
         Incoming::Request { id, method, params } => (id, method, params),
     };
