@@ -574,3 +574,16 @@ async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Val
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/push"), rx)
 }
+
+#[tokio::test]
+async fn sigterm_closes_sessions_and_exits_cleanly() {
+    let mut s = Server::start(&[]).await;
+    let mut alice = s.login("alice").await;
+    let mut bob = s.login("bob").await;
+    connected_call(&mut alice, &mut bob, "audio").await;
+    let mut idle = s.client().await;
+    assert!(s.terminate().await, "exit status");
+    for c in [&mut alice, &mut bob, &mut idle] {
+        assert_eq!(c.closed().await.0, common::Closed::Code(1001));
+    }
+}

@@ -160,6 +160,21 @@ impl Server {
         panic!("{sample} is {last}, expected {want}");
     }
 
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub async fn terminate(&mut self) -> bool {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let status = timeout(WAIT, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait");
+        status.success()
+    }
+
     /// True while the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -15,7 +15,7 @@ use super::{Input, Shared};
 use crate::auth::unix_now;
 use crate::directory::{SessionHandle, ToSocket};
 use crate::limits::{SocketLimits, Verdict};
-use crate::protocol::{Incoming, Method, Outbound, RequestId, RpcError, parse_frame};
+use crate::protocol::{Incoming, Method, Outbound, RequestId, RpcError, codes, parse_frame};
 use crate::signaling::ConnId;
 use crate::signaling::params::LoginParams;
 
@@ -230,7 +230,16 @@ async fn on_text(
         }
     };
     // Waiting here is the backpressure on a client that outpaces the call model.
-    if shared.actor.send(input).await.is_err() {
+    if let Err(mpsc::error::SendError(input)) = shared.actor.send(input).await {
+        // The call model is gone (shutting down): say so, then close.
+        if let Input::Login { id, .. } | Input::Request { id, .. } = input {
+            let err = RpcError::new(
+                codes::INTERNAL,
+                "internal error: the server is shutting down",
+            );
+            respond(sink, shared, id, Some(method), Err(err)).await;
+        }
+        close(sink, 1001, "server shutting down").await;
         return Some(Cause::Shutdown);
     }
     None
