@@ -8,6 +8,7 @@ pub mod config;
 pub mod directory;
 pub mod limits;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

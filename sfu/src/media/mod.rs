@@ -1,0 +1,7 @@
+//! Media: the sans-IO forwarding core of a Worker ([`core`]) and its RTP rewriting
+//! ([`forward`]). The worker threads that own sockets live in `server::worker`.
+
+pub mod core;
+pub mod forward;
+
+pub use self::core::{MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
