@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a login token (JWT, HS256) for a user.
     Token(TokenArgs),
 }
@@ -78,6 +78,20 @@ pub struct ServeArgs {
     /// Prometheus listener, serving /metrics. [default: 127.0.0.1:9600]
     #[arg(long, env = "SFU_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// IP advertised to clients in the host ICE candidate: this machine's address as clients
+    /// reach it (the public IP behind 1:1 NAT). Loopback binds loopback; any other binds all
+    /// interfaces. [default: 127.0.0.1]
+    #[arg(long, env = "SFU_MEDIA_IP", value_name = "IP")]
+    pub media_ip: Option<std::net::IpAddr>,
+
+    /// First media UDP port; worker i uses PORT+i. 0 picks free ports. [default: 7601]
+    #[arg(long, env = "SFU_UDP_PORT", value_name = "PORT")]
+    pub udp_port: Option<u16>,
+
+    /// Media worker threads, each with its own UDP port; a call lives on one. [default: number of cores]
+    #[arg(long, env = "SFU_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
 
     /// HS256 secret that login tokens are signed with (at least 16 bytes). Prefer the env var.
     #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
@@ -165,6 +179,9 @@ pub struct ServeConfig {
     pub dev: bool,
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    pub media_ip: std::net::IpAddr,
+    pub udp_port: u16,
+    pub workers: usize,
     pub jwt_secret: String,
     pub invite_timeout: Duration,
     pub reconnect_grace: Duration,
@@ -179,6 +196,20 @@ pub struct ServeConfig {
 }
 
 const MIN_SECRET_BYTES: usize = 16;
+
+impl ServeConfig {
+    /// Where media sockets bind: the media IP itself when it is loopback (dev, tests), all
+    /// interfaces otherwise (behind 1:1 NAT the advertised IP is not on any interface).
+    pub fn media_bind_ip(&self) -> std::net::IpAddr {
+        if self.media_ip.is_loopback() {
+            self.media_ip
+        } else if self.media_ip.is_ipv4() {
+            std::net::IpAddr::from([0, 0, 0, 0])
+        } else {
+            std::net::IpAddr::from([0u16; 8])
+        }
+    }
+}
 
 impl ServeArgs {
     /// Reads the `--config` file, if any, under the command line.
@@ -200,6 +231,9 @@ impl ServeArgs {
             dev: self.dev || file.dev,
             http: self.http.or(file.http),
             metrics: self.metrics.or(file.metrics),
+            media_ip: self.media_ip.or(file.media_ip),
+            udp_port: self.udp_port.or(file.udp_port),
+            workers: self.workers.or(file.workers),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
             invite_timeout: self.invite_timeout.or(file.invite_timeout),
             reconnect_grace: self.reconnect_grace.or(file.reconnect_grace),
@@ -231,6 +265,25 @@ impl ServeArgs {
         }
         if !self.dev && jwt_secret == DEV_SECRET {
             bail!("the dev secret is only allowed with --dev");
+        }
+        let media_ip = self
+            .media_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        if media_ip.is_unspecified() || media_ip.is_multicast() {
+            bail!("--media-ip must be an address clients can reach, not {media_ip}");
+        }
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if !(1..=256).contains(&workers) {
+            bail!("--workers must be between 1 and 256");
+        }
+        let udp_port = self.udp_port.unwrap_or(7601);
+        if udp_port != 0 && usize::from(udp_port) + workers > 65536 {
+            bail!("--udp-port {udp_port} leaves no room for {workers} workers");
+        }
+        if self.dev && !media_ip.is_loopback() {
+            bail!("--dev binds loopback only (--media-ip {media_ip} is not)");
         }
         if self.dev {
             for (name, addr) in [("--http", http), ("--metrics", metrics)] {
@@ -287,6 +340,9 @@ impl ServeArgs {
             dev: self.dev,
             http,
             metrics,
+            media_ip,
+            udp_port,
+            workers,
             jwt_secret,
             invite_timeout,
             reconnect_grace,

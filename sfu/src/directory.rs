@@ -34,6 +34,8 @@ pub type Sessions = DashMap<ConnId, SessionHandle>;
 pub struct CallEntry {
     pub group: bool,
     pub media: Media,
+    /// Index of the media Worker hosting the call.
+    pub worker: usize,
     pub started: Instant,
 }
 

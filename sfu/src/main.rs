@@ -9,7 +9,7 @@ use sfu::config::{Cli, Command, ServeArgs, TokenArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
     };
     match result {

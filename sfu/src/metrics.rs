@@ -3,7 +3,8 @@
 //! carry user or call ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::protocol::{Method, codes};
@@ -22,6 +23,15 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub sessions_closed: IntCounterVec,
     pub push_webhooks: IntCounterVec,
+    pub peers_active: IntGauge,
+    pub peers_connected: IntCounter,
+    pub peer_failures: IntCounterVec,
+    pub rtp_packets: IntCounterVec,
+    pub rtp_bytes: IntCounterVec,
+    pub keyframe_requests: IntCounterVec,
+    pub nacks_received: IntCounter,
+    pub datagrams_dropped: IntCounterVec,
+    pub forwarding_latency_seconds: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -42,6 +52,12 @@ impl Metrics {
         let counter = |name: &'static str, help: &str, labels: &[&str]| {
             families.borrow_mut().push(name);
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let plain_counter = |name: &'static str, help: &str| {
+            families.borrow_mut().push(name);
+            let c = must(IntCounter::new(name, help));
             must(registry.register(Box::new(c.clone())));
             c
         };
@@ -97,6 +113,51 @@ impl Metrics {
                 "sfu_push_webhooks_total",
                 "Push webhook POSTs for offline callees, by result (ok|error|dropped).",
                 &["result"],
+            ),
+            peers_active: gauge(
+                "sfu_peers_active",
+                "Media Peers (one per joined member with an offer) on all workers.",
+            ),
+            peers_connected: plain_counter(
+                "sfu_peers_connected_total",
+                "Peers whose ICE and DTLS completed.",
+            ),
+            peer_failures: counter(
+                "sfu_peer_failures_total",
+                "Peers that failed, by stage (ice: no connection within 30 s or ICE lost; dtls: DTLS/SRTP failure).",
+                &["stage"],
+            ),
+            rtp_packets: counter(
+                "sfu_rtp_packets_total",
+                "RTP packets received from publishers (in) and forwarded to subscribers (out), by kind.",
+                &["direction", "kind"],
+            ),
+            rtp_bytes: counter(
+                "sfu_rtp_bytes_total",
+                "RTP payload bytes in and out, by kind.",
+                &["direction", "kind"],
+            ),
+            keyframe_requests: counter(
+                "sfu_keyframe_requests_total",
+                "Keyframe requests (PLI/FIR) received from subscribers and sent to publishers after merging.",
+                &["direction"],
+            ),
+            nacks_received: plain_counter(
+                "sfu_nacks_received_total",
+                "NACKs received from subscribers (answered with RTX from the send cache).",
+            ),
+            datagrams_dropped: counter(
+                "sfu_datagrams_dropped_total",
+                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; send_failed).",
+                &["reason"],
+            ),
+            forwarding_latency_seconds: histogram(
+                "sfu_forwarding_latency_seconds",
+                "Time from receiving an RTP datagram to having sent its forwarded copies.",
+                vec![
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                    0.005, 0.01, 0.025, 0.05,
+                ],
             ),
             families: Vec::new(),
             registry,

@@ -299,6 +299,11 @@ pub enum Notification {
         call_id: String,
         reason: EndReason,
     },
+    /// A server-initiated offer (renegotiation); the client replies with `answer`.
+    Offer {
+        call_id: String,
+        sdp: String,
+    },
     SessionReplaced {},
 }
 

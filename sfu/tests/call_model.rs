@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sfu::protocol::{EndReason, Method, Outbound};
-use sfu::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output, PushNotice};
+use sfu::signaling::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output, PushNotice};
 
 const INVITE: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(10);
@@ -24,6 +24,7 @@ struct H {
     closed: HashMap<ConnId, u16>,
     pushes: Vec<PushNotice>,
     events: Vec<CallEvent>,
+    media: Vec<MediaCommand>,
 }
 
 impl H {
@@ -48,6 +49,7 @@ impl H {
             closed: HashMap::new(),
             pushes: Vec::new(),
             events: Vec::new(),
+            media: Vec::new(),
         }
     }
 
@@ -75,6 +77,7 @@ impl H {
                 }
                 Output::Push(p) => self.pushes.push(p),
                 Output::Event(e) => self.events.push(e),
+                Output::Media(m) => self.media.push(m),
             }
         }
     }
@@ -230,8 +233,23 @@ fn login_result_and_order_of_checks() {
         -32602
     );
     assert_eq!(h.err("alice", Method::Accept, c("nope")), 4004);
-    assert_eq!(h.err("alice", Method::Offer, json!({})), -32601);
-    assert_eq!(h.err("alice", Method::Answer, json!({})), -32601);
+    assert_eq!(h.err("alice", Method::Offer, json!({})), -32602);
+    assert_eq!(
+        h.err("alice", Method::Answer, json!({"call_id": "x"})),
+        -32602
+    );
+    assert_eq!(
+        h.err(
+            "alice",
+            Method::Offer,
+            json!({"call_id": "x", "sdp": "v=0"})
+        ),
+        4004
+    );
+    assert_eq!(
+        h.err("alice", Method::Candidate, json!({"call_id": "x"})),
+        -32602
+    );
 }
 
 // ---- 1v1 ----
@@ -1211,4 +1229,108 @@ fn requests_on_unknown_sockets_are_refused() {
     assert_eq!(r["error"]["code"], 4001);
     h.model.disconnect(h.now, ConnId(999));
     assert!(h.model.poll_output().is_none());
+}
+
+// ---- media commands ----
+
+#[test]
+fn media_requests_go_to_the_worker_and_back() {
+    let mut h = H::new();
+    for u in ["alice", "bob", "carol"] {
+        h.login(u);
+    }
+    let id = h.call("alice", &["bob", "carol"], json!({}));
+    // A ringing member may not offer yet.
+    assert_eq!(
+        h.err("bob", Method::Offer, json!({"call_id": id, "sdp": "v=0"})),
+        4009
+    );
+    h.ok("bob", Method::Accept, &id);
+    h.media.clear();
+    let bob = h.conn_of["bob"];
+    h.model.request(
+        h.now,
+        bob,
+        json!(77),
+        Method::Offer,
+        json!({"call_id": id, "sdp": "v=0 offer"}),
+    );
+    h.drain();
+    assert!(
+        !h.responses.contains_key(&(bob, 77)),
+        "answered by the worker, later"
+    );
+    assert_eq!(
+        h.media,
+        [MediaCommand::Offer {
+            call_id: id.clone(),
+            user: "bob".into(),
+            sdp: "v=0 offer".into(),
+            conn: bob,
+            id: json!(77),
+        }]
+    );
+    h.model.media_reply(
+        bob,
+        json!(77),
+        Method::Offer,
+        Ok(json!({"sdp": "v=0 answer"})),
+    );
+    assert_eq!(h.response(bob, 77), Ok(json!({"sdp": "v=0 answer"})));
+    // Server offers reach joined members only.
+    h.take("bob");
+    h.take("carol");
+    h.model.media_offer(&id, "bob", "v=0 renegotiate".into());
+    h.model.media_offer(&id, "carol", "v=0 ringing".into());
+    h.expect(
+        "bob",
+        &[("offer", json!({"call_id": id, "sdp": "v=0 renegotiate"}))],
+    );
+    h.quiet(&["carol"]);
+    // Candidates, hold and mute are passed on.
+    h.media.clear();
+    h.req(
+        "bob",
+        Method::Candidate,
+        json!({"call_id": id, "candidate": "candidate:1 1 udp 1 10.0.0.1 5 typ host"}),
+    )
+    .unwrap();
+    h.req("bob", Method::Hold, json!({"call_id": id, "held": true}))
+        .unwrap();
+    h.req("bob", Method::Mute, json!({"call_id": id, "video": true}))
+        .unwrap();
+    assert_eq!(h.media.len(), 3);
+    assert!(matches!(&h.media[1], MediaCommand::Hold { held: true, .. }));
+    assert!(matches!(
+        &h.media[2],
+        MediaCommand::Mute {
+            audio: None,
+            video: Some(true),
+            ..
+        }
+    ));
+    // Leaving closes the member's Peer; the end of the call closes the rest.
+    h.media.clear();
+    h.ok("bob", Method::Hangup, &id);
+    assert_eq!(
+        h.media,
+        [MediaCommand::Leave {
+            call_id: id.clone(),
+            user: "bob".into()
+        }]
+    );
+    h.media.clear();
+    h.ok("alice", Method::Hangup, &id);
+    assert_eq!(
+        h.media,
+        [
+            MediaCommand::Leave {
+                call_id: id.clone(),
+                user: "alice".into()
+            },
+            MediaCommand::EndCall {
+                call_id: id.clone()
+            },
+        ]
+    );
 }

@@ -64,6 +64,10 @@ impl Server {
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
+                "--udp-port",
+                "0",
+                "--workers",
+                "2",
             ])
             .args(extra)
             .env_remove("RUST_LOG")
@@ -282,6 +286,29 @@ impl Client {
                 continue;
             }
             return v;
+        }
+    }
+
+    /// Sends a request without waiting for its response; returns its id.
+    pub async fn send_request(&mut self, method: &str, params: Value) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_text(&frame.to_string()).await;
+        id
+    }
+
+    /// The next frame (queued notifications first); `None` once the socket is closed.
+    pub async fn recv(&mut self) -> Option<Value> {
+        if let Some(v) = self.queue.pop_front() {
+            return Some(v);
+        }
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
         }
     }
 

@@ -11,8 +11,10 @@ use tokio::time::Instant;
 use super::Shared;
 use super::push::PushQueue;
 use crate::directory::{CallEntry, ToSocket};
-use crate::protocol::{Method, RequestId};
-use crate::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output};
+use crate::protocol::{Method, RequestId, RpcError, codes};
+use crate::signaling::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output};
+
+use super::worker::WorkerHandle;
 
 /// What sessions send the driver.
 #[derive(Debug)]
@@ -32,22 +34,50 @@ pub(crate) enum Input {
     Disconnect {
         conn: ConnId,
     },
+    /// A Worker's reply to an `offer` or `answer`.
+    MediaReply {
+        conn: ConnId,
+        id: RequestId,
+        method: Method,
+        result: Result<Value, RpcError>,
+    },
+    /// A Worker's own offer for a member.
+    MediaOffer {
+        call_id: String,
+        user: String,
+        sdp: String,
+    },
 }
 
 /// Inputs handled before outputs are flushed, to amortize wake-ups under load.
 const BATCH: usize = 64;
 
+/// The driver's view of the media Workers: where to send each call's commands.
+struct Workers {
+    handles: Vec<WorkerHandle>,
+    /// Live calls per worker, to place new calls on the least loaded one.
+    load: Vec<usize>,
+}
+
 pub(crate) async fn run(
     cfg: ModelConfig,
     mut rx: mpsc::Receiver<Input>,
+    mut media_rx: mpsc::UnboundedReceiver<Input>,
     shared: Arc<Shared>,
     push: PushQueue,
+    handles: Vec<WorkerHandle>,
 ) {
     let mut model = CallModel::new(cfg);
     let mut shutdown = shared.shutdown.clone();
+    let load = vec![0; handles.len()];
+    let mut workers = Workers { handles, load };
     loop {
         let wake = model.poll_timeout();
         tokio::select! {
+            input = media_rx.recv() => {
+                let Some(input) = input else { break };
+                apply(&mut model, input);
+            }
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 apply(&mut model, input);
@@ -64,7 +94,7 @@ pub(crate) async fn run(
             _ = super::stopped(&mut shutdown) => break,
         }
         while let Some(out) = model.poll_output() {
-            carry_out(&shared, &push, out);
+            carry_out(&shared, &push, &mut workers, &mut model, out);
         }
     }
 }
@@ -87,11 +117,25 @@ fn apply(model: &mut CallModel, input: Input) {
             params,
         } => model.request(now, conn, id, method, params),
         Input::Disconnect { conn } => model.disconnect(now, conn),
+        Input::MediaReply {
+            conn,
+            id,
+            method,
+            result,
+        } => model.media_reply(conn, id, method, result),
+        Input::MediaOffer { call_id, user, sdp } => model.media_offer(&call_id, &user, sdp),
     }
 }
 
-fn carry_out(shared: &Shared, push: &PushQueue, out: Output) {
+fn carry_out(
+    shared: &Shared,
+    push: &PushQueue,
+    workers: &mut Workers,
+    model: &mut CallModel,
+    out: Output,
+) {
     match out {
+        Output::Media(cmd) => to_worker(shared, workers, model, cmd),
         Output::Send { conn, msg } => to_socket(shared, conn, ToSocket::Frame(msg)),
         Output::Close { conn, code, reason } => {
             to_socket(shared, conn, ToSocket::Close { code, reason })
@@ -111,7 +155,41 @@ fn carry_out(shared: &Shared, push: &PushQueue, out: Output) {
                 "callee offline and no --push-webhook configured"
             ),
         },
-        Output::Event(event) => record(shared, event),
+        Output::Event(event) => record(shared, workers, event),
+    }
+}
+
+/// Hands a media command to the Worker hosting its call. An `offer`/`answer` that cannot be
+/// delivered is answered with 5000 so the client is never left waiting.
+fn to_worker(shared: &Shared, workers: &Workers, model: &mut CallModel, cmd: MediaCommand) {
+    let worker = shared
+        .directory
+        .get(cmd.call_id())
+        .and_then(|e| workers.handles.get(e.worker));
+    let undelivered = match worker {
+        Some(w) => w.tx.send(cmd).err().map(|e| e.0),
+        None => Some(cmd),
+    };
+    match undelivered {
+        Some(MediaCommand::Offer { conn, id, .. }) => model.media_reply(
+            conn,
+            id,
+            Method::Offer,
+            Err(RpcError::new(
+                codes::INTERNAL,
+                "internal error: media worker unavailable",
+            )),
+        ),
+        Some(MediaCommand::Answer { conn, id, .. }) => model.media_reply(
+            conn,
+            id,
+            Method::Answer,
+            Err(RpcError::new(
+                codes::INTERNAL,
+                "internal error: media worker unavailable",
+            )),
+        ),
+        _ => {}
     }
 }
 
@@ -127,7 +205,7 @@ fn to_socket(shared: &Shared, conn: ConnId, msg: ToSocket) {
     }
 }
 
-fn record(shared: &Shared, event: CallEvent) {
+fn record(shared: &Shared, workers: &mut Workers, event: CallEvent) {
     let m = &shared.metrics;
     match event {
         CallEvent::Started {
@@ -139,11 +217,19 @@ fn record(shared: &Shared, event: CallEvent) {
             m.calls_started
                 .with_label_values(&[kind, media.into()])
                 .inc();
+            // The least loaded worker hosts the call for its whole life.
+            let worker = (0..workers.load.len())
+                .min_by_key(|&w| workers.load[w])
+                .unwrap_or(0);
+            if let Some(l) = workers.load.get_mut(worker) {
+                *l += 1;
+            }
             shared.directory.insert(
                 &call_id,
                 CallEntry {
                     group,
                     media,
+                    worker,
                     started: Instant::now().into_std(),
                 },
             );
@@ -160,7 +246,11 @@ fn record(shared: &Shared, event: CallEvent) {
                 .with_label_values(&[reason.into(), answered])
                 .inc();
             m.call_duration_seconds.observe(duration.as_secs_f64());
-            shared.directory.remove(&call_id);
+            if let Some(e) = shared.directory.remove(&call_id)
+                && let Some(l) = workers.load.get_mut(e.worker)
+            {
+                *l = l.saturating_sub(1);
+            }
         }
     }
     m.calls_active.set(shared.directory.len() as i64);

@@ -6,6 +6,7 @@ mod actor;
 mod http;
 mod push;
 mod session;
+mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,8 +48,11 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The UDP address each media Worker advertises.
+    pub media_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -61,6 +65,9 @@ impl RunningServer {
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }
@@ -87,6 +94,29 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE);
+    let (media_tx, media_rx) = mpsc::unbounded_channel();
+    let mut workers = Vec::new();
+    let mut threads = Vec::new();
+    for index in 0..cfg.workers {
+        let port = if cfg.udp_port == 0 {
+            0
+        } else {
+            cfg.udp_port + index as u16
+        };
+        let bind = SocketAddr::new(cfg.media_bind_ip(), port);
+        let (handle, thread) = worker::spawn(
+            index,
+            bind,
+            cfg.media_ip,
+            media_tx.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )?;
+        workers.push(handle);
+        threads.push(thread);
+    }
+    drop(media_tx);
+    let media_addrs: Vec<SocketAddr> = workers.iter().map(|w| w.advertised).collect();
     let push = push::spawn(cfg.push_webhook.clone(), metrics.clone())?;
 
     let model_cfg = ModelConfig {
@@ -109,7 +139,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     });
 
     let tasks = vec![
-        tokio::spawn(actor::run(model_cfg, actor_rx, shared.clone(), push)),
+        tokio::spawn(actor::run(
+            model_cfg,
+            actor_rx,
+            media_rx,
+            shared.clone(),
+            push,
+            workers,
+        )),
         tokio::spawn(http::serve_app(
             http,
             http::app(shared.clone()),
@@ -122,11 +159,19 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         )),
     ];
     drop(shared);
-    tracing::info!(http = %http_addr, metrics = %metrics_addr, "sfu listening");
+    let media: Vec<String> = media_addrs.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        http = %http_addr,
+        metrics = %metrics_addr,
+        media = %media.join(","),
+        "sfu listening"
+    );
     Ok(RunningServer {
         http_addr,
         metrics_addr,
         metrics,
+        media_addrs,
+        threads,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::call::{Call, Member, MemberState};
 use super::params::{self, CallIdParams, CallParams, DtmfParams, HoldParams, InviteParams};
-use super::params::{MessageParams, MuteParams};
+use super::params::{CandidateParams, MessageParams, MuteParams, SdpParams};
 use super::timers::{Timer, Timers};
 use crate::protocol::params as parse_params;
 use crate::protocol::{
@@ -75,6 +75,60 @@ pub enum CallEvent {
     },
 }
 
+/// What the media Worker hosting a call must do. Offer and answer carry the request to
+/// answer: the Worker's reply comes back through [`CallModel::media_reply`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaCommand {
+    Offer {
+        call_id: String,
+        user: String,
+        sdp: String,
+        conn: ConnId,
+        id: RequestId,
+    },
+    Answer {
+        call_id: String,
+        user: String,
+        sdp: String,
+        conn: ConnId,
+        id: RequestId,
+    },
+    Candidate {
+        call_id: String,
+        user: String,
+        candidate: String,
+    },
+    Hold {
+        call_id: String,
+        user: String,
+        held: bool,
+    },
+    Mute {
+        call_id: String,
+        user: String,
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
+    /// The member left: close their Peer.
+    Leave { call_id: String, user: String },
+    /// The call ended: close all its Peers.
+    EndCall { call_id: String },
+}
+
+impl MediaCommand {
+    pub fn call_id(&self) -> &str {
+        match self {
+            MediaCommand::Offer { call_id, .. }
+            | MediaCommand::Answer { call_id, .. }
+            | MediaCommand::Candidate { call_id, .. }
+            | MediaCommand::Hold { call_id, .. }
+            | MediaCommand::Mute { call_id, .. }
+            | MediaCommand::Leave { call_id, .. }
+            | MediaCommand::EndCall { call_id } => call_id,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     Send {
@@ -89,6 +143,7 @@ pub enum Output {
     },
     Push(PushNotice),
     Event(CallEvent),
+    Media(MediaCommand),
 }
 
 /// A logged-in user: their session (if connected) and the live calls they are in.
@@ -200,8 +255,48 @@ impl CallModel {
     ) {
         self.handle_timeout(now);
         let mark = self.out.len();
-        let result = self.dispatch(now, conn, method, params);
+        let result = match method {
+            Method::Offer | Method::Answer => match self.sdp_request(conn, &id, method, params) {
+                Ok(()) => return, // the Worker answers through `media_reply`
+                Err(e) => Err(e),
+            },
+            _ => self.dispatch(now, conn, method, params),
+        };
         self.respond_at(mark, conn, id, method, result);
+    }
+
+    /// The Worker's reply to an `offer` or `answer` request.
+    pub fn media_reply(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        method: Method,
+        result: Result<Value, RpcError>,
+    ) {
+        let msg = Outbound::Response {
+            id,
+            method: Some(method),
+            result,
+        };
+        self.out.push_back(Output::Send { conn, msg });
+    }
+
+    /// A server-initiated offer from the Worker, for `user` if they are still joined.
+    pub fn media_offer(&mut self, call_id: &str, user: &str, sdp: String) {
+        let joined = self
+            .calls
+            .get(call_id)
+            .and_then(|c| c.member(user))
+            .is_some_and(Member::joined);
+        if joined {
+            self.notify(
+                user,
+                Notification::Offer {
+                    call_id: call_id.to_string(),
+                    sdp,
+                },
+            );
+        }
     }
 
     /// The socket `conn` is gone (closed, dropped or silent too long).
@@ -357,6 +452,11 @@ impl CallModel {
             Method::Hold => {
                 let p: HoldParams = parse_params(params)?;
                 self.joined_member_mut(&me, &p.call_id)?.held = p.held;
+                self.out.push_back(Output::Media(MediaCommand::Hold {
+                    call_id: p.call_id,
+                    user: me,
+                    held: p.held,
+                }));
                 Ok(json!({}))
             }
             Method::Dtmf => {
@@ -377,14 +477,58 @@ impl CallModel {
                     text: p.text.clone(),
                 })
             }
-            Method::Offer | Method::Answer | Method::Candidate => Err(RpcError::new(
-                crate::protocol::codes::METHOD_NOT_FOUND,
-                format!(
-                    "method not found: {:?} (media is not enabled on this server)",
-                    method.as_str()
-                ),
+            Method::Candidate => {
+                let p: CandidateParams = parse_params(params)?;
+                params::check_candidate(&p.candidate)?;
+                self.joined_member_mut(&me, &p.call_id)?;
+                self.out.push_back(Output::Media(MediaCommand::Candidate {
+                    call_id: p.call_id,
+                    user: me,
+                    candidate: p.candidate,
+                }));
+                Ok(json!({}))
+            }
+            Method::Offer | Method::Answer => Err(RpcError::new(
+                crate::protocol::codes::INTERNAL,
+                "internal error: SDP request routed wrongly",
             )),
         }
+    }
+
+    /// `offer` / `answer`: checked here, carried out by the Worker hosting the call.
+    fn sdp_request(
+        &mut self,
+        conn: ConnId,
+        id: &RequestId,
+        method: Method,
+        params: Value,
+    ) -> Result<(), RpcError> {
+        let Some(Some(me)) = self.conns.get(&conn).cloned() else {
+            return Err(RpcError::unauthorized("not logged in: send login first"));
+        };
+        let p: SdpParams = parse_params(params)?;
+        params::check_sdp(&p.sdp)?;
+        self.joined_member_mut(&me, &p.call_id)?;
+        let (call_id, user, sdp, id) = (p.call_id, me, p.sdp, id.clone());
+        let cmd = if method == Method::Offer {
+            MediaCommand::Offer {
+                call_id,
+                user,
+                sdp,
+                conn,
+                id,
+            }
+        } else {
+            MediaCommand::Answer {
+                call_id,
+                user,
+                sdp,
+                conn,
+                id,
+            }
+        };
+        self.out.push_back(Output::Media(cmd));
+        Ok(())
     }
 
     /// The caller's membership of `call_id`: 4004 when there is no such call, 4003 when they
@@ -747,6 +891,12 @@ impl CallModel {
         if let Some(v) = p.video {
             m.video_muted = v;
         }
+        self.out.push_back(Output::Media(MediaCommand::Mute {
+            call_id: p.call_id.clone(),
+            user: me.to_string(),
+            audio: p.audio,
+            video: p.video,
+        }));
         let call = self
             .calls
             .get(&p.call_id)
@@ -848,8 +998,13 @@ impl CallModel {
 
     /// Removes `user` from `call_id` and the call from their list.
     fn drop_member(&mut self, call_id: &str, user: &str) {
-        if let Some(call) = self.calls.get_mut(call_id) {
-            call.remove(user);
+        if let Some(call) = self.calls.get_mut(call_id)
+            && call.remove(user).is_some_and(|m| m.joined())
+        {
+            self.out.push_back(Output::Media(MediaCommand::Leave {
+                call_id: call_id.to_string(),
+                user: user.to_string(),
+            }));
         }
         if let Some(u) = self.users.get_mut(user) {
             u.calls.retain(|c| c != call_id);
@@ -887,6 +1042,9 @@ impl CallModel {
             }
             self.forget_if_idle(&m.user);
         }
+        self.out.push_back(Output::Media(MediaCommand::EndCall {
+            call_id: call_id.to_string(),
+        }));
         self.out.push_back(Output::Event(CallEvent::Ended {
             call_id: call_id.to_string(),
             reason,

@@ -74,6 +74,37 @@ pub struct MessageParams {
     pub text: String,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct SdpParams {
+    pub call_id: String,
+    pub sdp: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CandidateParams {
+    pub call_id: String,
+    pub candidate: String,
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+}
+
+/// Largest SDP accepted (the frame limit bounds it too).
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+pub fn check_sdp(sdp: &str) -> Result<(), RpcError> {
+    if sdp.is_empty() || sdp.len() > MAX_SDP_BYTES {
+        return Err(RpcError::invalid_params("sdp must be 1 byte to 64 KiB"));
+    }
+    Ok(())
+}
+
+pub fn check_candidate(candidate: &str) -> Result<(), RpcError> {
+    if candidate.len() > 1024 {
+        return Err(RpcError::invalid_params("candidate is over 1 KiB"));
+    }
+    Ok(())
+}
+
 /// A validated `call` request.
 #[derive(Debug)]
 pub struct NewCall {

@@ -1,0 +1,294 @@
+//! Media Workers: one OS thread each, owning one UDP socket and the [`MediaCore`] of the calls
+//! placed on it. The thread moves datagrams, commands and time in and out of the core, and
+//! flushes its counters to Prometheus once a second (never per packet).
+
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::local::LocalHistogram;
+use serde_json::json;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval};
+
+use super::Input;
+use crate::media::{MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
+use crate::metrics::Metrics;
+use crate::protocol::{Method, RpcError, codes};
+use crate::signaling::MediaCommand;
+
+/// Datagrams read per wake-up before looking at commands and timers again.
+const RECV_BATCH: usize = 64;
+
+/// How the rest of the server reaches one Worker.
+#[derive(Clone)]
+pub(crate) struct WorkerHandle {
+    pub tx: mpsc::UnboundedSender<MediaCommand>,
+    pub advertised: SocketAddr,
+}
+
+/// Binds the socket of Worker `index` and starts its thread.
+pub(crate) fn spawn(
+    index: usize,
+    bind: SocketAddr,
+    media_ip: std::net::IpAddr,
+    to_actor: mpsc::UnboundedSender<Input>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let socket = StdUdpSocket::bind(bind)
+        .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
+    socket.set_nonblocking(true)?;
+    let port = socket.local_addr()?.port();
+    let advertised = SocketAddr::new(media_ip, port);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("sfu-worker-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let socket = match UdpSocket::from_std(socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker socket failed");
+                        return;
+                    }
+                };
+                let core = MediaCore::new(MediaConfig { advertised });
+                Worker {
+                    core,
+                    socket,
+                    to_actor,
+                    metrics,
+                    flushed: MediaCounters::default(),
+                    peers_reported: 0,
+                    latency: None,
+                }
+                .run(rx, shutdown)
+                .await;
+            });
+        })?;
+    tracing::info!(worker = index, media = %advertised, "media worker listening");
+    Ok((WorkerHandle { tx, advertised }, thread))
+}
+
+struct Worker {
+    core: MediaCore,
+    socket: UdpSocket,
+    to_actor: mpsc::UnboundedSender<Input>,
+    metrics: Arc<Metrics>,
+    /// Counters as last flushed, for deltas.
+    flushed: MediaCounters,
+    peers_reported: i64,
+    latency: Option<LocalHistogram>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<MediaCommand>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.latency = Some(self.metrics.forwarding_latency_seconds.local());
+        let mut buf = vec![0u8; 2048];
+        let mut flush = interval(Duration::from_secs(1));
+        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let wake = self.core.poll_timeout();
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    if let Ok((n, source)) = r {
+                        self.datagram(source, &buf[..n]);
+                    }
+                    for _ in 1..RECV_BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => self.datagram(source, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.command(cmd);
+                }
+                _ = sleep_until(wake) => {
+                    self.core.handle_timeout(Instant::now().into_std());
+                    self.transmit();
+                }
+                _ = flush.tick() => self.flush(),
+                _ = super::stopped(&mut shutdown) => break,
+            }
+        }
+        self.flush();
+        self.metrics.peers_active.sub(self.peers_reported);
+    }
+
+    fn datagram(&mut self, source: SocketAddr, data: &[u8]) {
+        let received = std::time::Instant::now();
+        let before = self.core.counters().rtp_out_packets;
+        self.core.handle_datagram(received, source, data);
+        let forwarded = self.core.counters().rtp_out_packets != before;
+        self.transmit();
+        if forwarded && let Some(h) = &self.latency {
+            h.observe(received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sends what the core produced; never waits on the socket.
+    fn transmit(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                MediaOutput::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    if self.socket.try_send_to(&contents, destination).is_err() {
+                        self.metrics
+                            .datagrams_dropped
+                            .with_label_values(&["send_failed"])
+                            .inc();
+                    }
+                }
+                MediaOutput::Offer { call_id, user, sdp } => {
+                    let _ = self.to_actor.send(Input::MediaOffer { call_id, user, sdp });
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: MediaCommand) {
+        let now = std::time::Instant::now();
+        match cmd {
+            MediaCommand::Offer {
+                call_id,
+                user,
+                sdp,
+                conn,
+                id,
+            } => {
+                let result = self
+                    .core
+                    .offer(now, &call_id, &user, &sdp)
+                    .map(|answer| json!({ "sdp": answer }))
+                    .map_err(rpc_error);
+                // The reply goes before our own offers for this Peer (same queue, in order).
+                let _ = self.to_actor.send(Input::MediaReply {
+                    conn,
+                    id,
+                    method: Method::Offer,
+                    result,
+                });
+            }
+            MediaCommand::Answer {
+                call_id,
+                user,
+                sdp,
+                conn,
+                id,
+            } => {
+                let result = self
+                    .core
+                    .answer(now, &call_id, &user, &sdp)
+                    .map(|()| json!({}))
+                    .map_err(rpc_error);
+                let _ = self.to_actor.send(Input::MediaReply {
+                    conn,
+                    id,
+                    method: Method::Answer,
+                    result,
+                });
+            }
+            MediaCommand::Candidate {
+                call_id,
+                user,
+                candidate,
+            } => self.core.candidate(now, &call_id, &user, &candidate),
+            MediaCommand::Hold {
+                call_id,
+                user,
+                held,
+            } => self.core.set_hold(&call_id, &user, held),
+            MediaCommand::Mute {
+                call_id,
+                user,
+                audio,
+                video,
+            } => self.core.set_mute(&call_id, &user, audio, video),
+            MediaCommand::Leave { call_id, user } => self.core.remove_member(&call_id, &user),
+            MediaCommand::EndCall { call_id } => self.core.end_call(&call_id),
+        }
+        self.transmit();
+    }
+
+    /// Adds what happened since the last flush to the shared Prometheus families.
+    fn flush(&mut self) {
+        let m = &self.metrics;
+        let c = self.core.counters().clone();
+        let f = &self.flushed;
+        for (k, kind) in ["audio", "video"].iter().enumerate() {
+            m.rtp_packets
+                .with_label_values(&["in", kind])
+                .inc_by(c.rtp_in_packets[k] - f.rtp_in_packets[k]);
+            m.rtp_packets
+                .with_label_values(&["out", kind])
+                .inc_by(c.rtp_out_packets[k] - f.rtp_out_packets[k]);
+            m.rtp_bytes
+                .with_label_values(&["in", kind])
+                .inc_by(c.rtp_in_bytes[k] - f.rtp_in_bytes[k]);
+            m.rtp_bytes
+                .with_label_values(&["out", kind])
+                .inc_by(c.rtp_out_bytes[k] - f.rtp_out_bytes[k]);
+        }
+        m.keyframe_requests
+            .with_label_values(&["received"])
+            .inc_by(c.keyframe_requests_in - f.keyframe_requests_in);
+        m.keyframe_requests
+            .with_label_values(&["sent"])
+            .inc_by(c.keyframe_requests_out - f.keyframe_requests_out);
+        m.nacks_received.inc_by(c.nacks_in - f.nacks_in);
+        m.peer_failures
+            .with_label_values(&["ice"])
+            .inc_by(c.ice_failures - f.ice_failures);
+        m.peer_failures
+            .with_label_values(&["dtls"])
+            .inc_by(c.dtls_failures - f.dtls_failures);
+        m.peers_connected
+            .inc_by(c.peers_connected - f.peers_connected);
+        m.datagrams_dropped
+            .with_label_values(&["unrouted"])
+            .inc_by(c.datagrams_unrouted - f.datagrams_unrouted);
+        let peers = self.core.peers() as i64;
+        m.peers_active.add(peers - self.peers_reported);
+        self.peers_reported = peers;
+        if let Some(h) = &self.latency {
+            h.flush();
+        }
+        self.flushed = c;
+    }
+}
+
+fn rpc_error(e: MediaError) -> RpcError {
+    match e {
+        MediaError::BadSdp(_) => RpcError::invalid_params(e),
+        MediaError::NoPendingOffer | MediaError::NoPeer => {
+            RpcError::new(codes::WRONG_STATE, e.to_string())
+        }
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
