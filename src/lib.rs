@@ -1,2 +1,4 @@
-//! Test-suite package: holds the cross-crate end-to-end tests in `tests/` and the
-//! criterion benchmarks in `benches/`. It has no code of its own.
+//! Test-suite package: holds the cross-crate end-to-end tests in `tests/`, the criterion
+//! benchmarks in `benches/`, and the in-memory media network they share ([`netsim`]).
+
+pub mod netsim;

@@ -1,8 +1,9 @@
-//! Deterministic tests of the media core: str0m client Peers and one `MediaCore` over an
-//! in-memory network with a virtual clock and injected loss and delay. No sockets, no sleeps.
+//! An in-memory network for the media core: str0m client Peers and one `MediaCore` with a
+//! virtual clock, injected loss and delay, and counting of what each client receives from
+//! whom. Used by the deterministic media tests and the forwarding benchmark.
 //!
-//! Every test payload starts with the sender's index and the media kind, so each receiver can
-//! count exactly what it got from whom.
+//! Every test payload starts with the sender's index and the media kind (0 audio, 1 video),
+//! then its sequence number, so receivers count exactly what they got from whom.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -12,23 +13,23 @@ use std::time::{Duration, Instant};
 use sfu::media::{MediaConfig, MediaCore, MediaOutput};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-const CALL: &str = "call-1";
-const AUDIO_EVERY: Duration = Duration::from_millis(20);
-const VIDEO_EVERY: Duration = Duration::from_millis(33);
+pub const CALL: &str = "call-1";
+pub const AUDIO_EVERY: Duration = Duration::from_millis(20);
+pub const VIDEO_EVERY: Duration = Duration::from_millis(33);
 
-fn server_addr() -> SocketAddr {
+pub fn server_addr() -> SocketAddr {
     "10.0.0.1:5000".parse().unwrap()
 }
 
 /// A tiny deterministic PRNG (xorshift) for loss.
-struct Rng(u64);
+pub struct Rng(pub u64);
 impl Rng {
-    fn chance(&mut self, p: f64) -> bool {
+    pub fn chance(&mut self, p: f64) -> bool {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -36,24 +37,24 @@ impl Rng {
     }
 }
 
-struct Client {
-    name: String,
-    index: u8,
-    addr: SocketAddr,
-    rtc: Rtc,
-    send: Vec<(Mid, MediaKind)>,
-    seq: HashMap<Mid, u64>,
+pub struct Client {
+    pub name: String,
+    pub index: u8,
+    pub addr: SocketAddr,
+    pub rtc: Rtc,
+    pub send: Vec<(Mid, MediaKind)>,
+    pub seq: HashMap<Mid, u64>,
     /// (sender index, kind) -> packets received
-    got: BTreeMap<(u8, u8), u64>,
+    pub got: BTreeMap<(u8, u8), u64>,
     /// packets sent per kind
-    sent: [u64; 2],
-    keyframe_requests: u64,
-    recv_mids: Vec<Mid>,
-    sending: bool,
+    pub sent: [u64; 2],
+    pub keyframe_requests: u64,
+    pub recv_mids: Vec<Mid>,
+    pub sending: bool,
 }
 
 impl Client {
-    fn new(index: u8, name: &str, now: Instant) -> Self {
+    pub fn new(index: u8, name: &str, now: Instant) -> Self {
         let addr: SocketAddr = format!("10.0.1.{}:6000", index + 1).parse().unwrap();
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
@@ -77,18 +78,18 @@ impl Client {
         }
     }
 
-    fn from(&self, sender: u8, kind: MediaKind) -> u64 {
+    pub fn from(&self, sender: u8, kind: MediaKind) -> u64 {
         let k = if kind == MediaKind::Audio { 0 } else { 1 };
         self.got.get(&(sender, k)).copied().unwrap_or(0)
     }
 }
 
-struct Packet {
-    at: Instant,
-    seq: u64,
-    from: SocketAddr,
-    to: SocketAddr,
-    data: Vec<u8>,
+pub struct Packet {
+    pub at: Instant,
+    pub seq: u64,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
 }
 
 impl PartialEq for Packet {
@@ -108,22 +109,22 @@ impl Ord for Packet {
     }
 }
 
-struct World {
-    now: Instant,
-    server: MediaCore,
-    clients: Vec<Client>,
-    net: BinaryHeap<Reverse<Packet>>,
-    net_seq: u64,
-    delay: Duration,
+pub struct World {
+    pub now: Instant,
+    pub server: MediaCore,
+    pub clients: Vec<Client>,
+    pub net: BinaryHeap<Reverse<Packet>>,
+    pub net_seq: u64,
+    pub delay: Duration,
     /// Loss probability per (from, to) link.
-    loss: HashMap<(SocketAddr, SocketAddr), f64>,
-    rng: Rng,
-    next_audio: Instant,
-    next_video: Instant,
+    pub loss: HashMap<(SocketAddr, SocketAddr), f64>,
+    pub rng: Rng,
+    pub next_audio: Instant,
+    pub next_video: Instant,
 }
 
 impl World {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let now = Instant::now();
         Self {
             now,
@@ -141,7 +142,7 @@ impl World {
         }
     }
 
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
         let p = self.loss.get(&(from, to)).copied().unwrap_or(0.0);
         if p > 0.0 && self.rng.chance(p) {
             return;
@@ -157,7 +158,7 @@ impl World {
     }
 
     /// A member joins: their client offers its send tracks; the server answers.
-    fn join(&mut self, name: &str, media: &[MediaKind]) -> usize {
+    pub fn join(&mut self, name: &str, media: &[MediaKind]) -> usize {
         let index = self.clients.len() as u8;
         let mut c = Client::new(index, name, self.now);
         let mut api = c.rtc.sdp_api();
@@ -182,14 +183,14 @@ impl World {
         i
     }
 
-    fn leave(&mut self, i: usize) {
+    pub fn leave(&mut self, i: usize) {
         let name = self.clients[i].name.clone();
         self.server.remove_member(CALL, &name);
         self.clients[i].sending = false;
         self.drain_server();
     }
 
-    fn drain_client(&mut self, i: usize) {
+    pub fn drain_client(&mut self, i: usize) {
         loop {
             let out = self.clients[i].rtc.poll_output().expect("client poll");
             match out {
@@ -217,7 +218,7 @@ impl World {
         }
     }
 
-    fn drain_server(&mut self) {
+    pub fn drain_server(&mut self) {
         while let Some(o) = self.server.poll_output() {
             match o {
                 MediaOutput::Transmit {
@@ -244,7 +245,7 @@ impl World {
         }
     }
 
-    fn send_media(&mut self, kind: MediaKind) {
+    pub fn send_media(&mut self, kind: MediaKind) {
         for i in 0..self.clients.len() {
             let c = &mut self.clients[i];
             if !c.sending || !c.rtc.is_connected() {
@@ -300,7 +301,7 @@ impl World {
     }
 
     /// Runs the world for `d` of virtual time.
-    fn run(&mut self, d: Duration) {
+    pub fn run(&mut self, d: Duration) {
         let end = self.now + d;
         loop {
             let mut next = end.min(self.next_audio).min(self.next_video);
@@ -360,21 +361,21 @@ impl World {
     }
 
     /// Counters at this moment: sent per client, got per (receiver, sender, kind).
-    fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             sent: self.clients.iter().map(|c| c.sent).collect(),
             got: self.clients.iter().map(|c| c.got.clone()).collect(),
         }
     }
 
-    fn resume(&mut self) {
+    pub fn resume(&mut self) {
         for c in &mut self.clients {
             c.sending = true;
         }
     }
 
     /// Stops every sender and lets in-flight packets land.
-    fn quiesce(&mut self) {
+    pub fn quiesce(&mut self) {
         for c in &mut self.clients {
             c.sending = false;
         }
@@ -382,16 +383,16 @@ impl World {
     }
 }
 
-struct Snapshot {
-    sent: Vec<[u64; 2]>,
-    got: Vec<BTreeMap<(u8, u8), u64>>,
+pub struct Snapshot {
+    pub sent: Vec<[u64; 2]>,
+    pub got: Vec<BTreeMap<(u8, u8), u64>>,
 }
 
 impl Snapshot {
-    fn sent(&self, i: usize, kind: MediaKind) -> u64 {
+    pub fn sent(&self, i: usize, kind: MediaKind) -> u64 {
         self.sent[i][if kind == MediaKind::Audio { 0 } else { 1 }]
     }
-    fn got(&self, receiver: usize, sender: usize, kind: MediaKind) -> u64 {
+    pub fn got(&self, receiver: usize, sender: usize, kind: MediaKind) -> u64 {
         let k = if kind == MediaKind::Audio { 0 } else { 1 };
         self.got[receiver]
             .get(&(sender as u8, k))
@@ -402,7 +403,7 @@ impl Snapshot {
 
 /// Runs a call of `n` members publishing `media`; returns (before, after) snapshots around a
 /// measured window of `secs` seconds that starts once everyone receives everyone.
-fn measured_call(
+pub fn measured_call(
     w: &mut World,
     names: &[&str],
     media: &[MediaKind],
@@ -438,7 +439,7 @@ fn measured_call(
     (before, after)
 }
 
-fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &[MediaKind]) {
+pub fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &[MediaKind]) {
     for r in 0..n {
         assert_eq!(
             after.got[r]
@@ -460,206 +461,4 @@ fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &[Med
             }
         }
     }
-}
-
-#[test]
-fn one_to_one_audio() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio];
-    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 5);
-    assert_exact_mesh(&b, &a, 2, &media);
-    assert!(a.sent(0, MediaKind::Audio) - b.sent(0, MediaKind::Audio) >= 245);
-    let c = w.server.counters();
-    assert_eq!(c.rtp_out_packets[1], 0, "no video in an audio call");
-    assert!(c.rtp_in_packets[0] > 0 && c.rtp_out_packets[0] > 0);
-}
-
-#[test]
-fn one_to_one_video() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 5);
-    assert_exact_mesh(&b, &a, 2, &media);
-    // Opening a video track for a subscriber asks its publisher for a keyframe.
-    assert!(w.clients[0].keyframe_requests >= 1);
-    assert!(w.clients[1].keyframe_requests >= 1);
-}
-
-#[test]
-fn group_of_four_with_video() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    let names = ["alice", "bob", "carol", "dave"];
-    let (b, a) = measured_call(&mut w, &names, &media, 5);
-    assert_exact_mesh(&b, &a, 4, &media);
-    assert_eq!(w.server.peers(), 4);
-    // Each member receives 3 × (audio + video) tracks.
-    for c in &w.clients {
-        assert_eq!(c.recv_mids.len(), 6, "{} tracks", c.name);
-    }
-}
-
-#[test]
-fn downlink_loss_is_repaired_for_video_and_felt_in_audio() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    // 5 % loss on the server -> bob link only.
-    let bob_addr: SocketAddr = "10.0.1.2:6000".parse().unwrap();
-    w.loss.insert((server_addr(), bob_addr), 0.05);
-    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 8);
-    let sent_a = a.sent(0, MediaKind::Audio) - b.sent(0, MediaKind::Audio);
-    let got_a = a.got(1, 0, MediaKind::Audio) - b.got(1, 0, MediaKind::Audio);
-    let lost = 1.0 - got_a as f64 / sent_a as f64;
-    assert!((0.02..0.09).contains(&lost), "audio loss {lost}");
-    // Video: NACK + RTX from the server's cache repairs what was lost.
-    let sent_v = a.sent(0, MediaKind::Video) - b.sent(0, MediaKind::Video);
-    let got_v = a.got(1, 0, MediaKind::Video) - b.got(1, 0, MediaKind::Video);
-    assert!(
-        got_v as f64 >= sent_v as f64 * 0.99,
-        "video {got_v}/{sent_v}"
-    );
-    assert!(
-        w.server.counters().nacks_in > 0,
-        "bob's NACKs reached the server"
-    );
-    // Nothing lost the other way.
-    assert_eq!(
-        a.got(0, 1, MediaKind::Audio) - b.got(0, 1, MediaKind::Audio),
-        a.sent(1, MediaKind::Audio) - b.sent(1, MediaKind::Audio)
-    );
-}
-
-#[test]
-fn keyframe_requests_reach_the_publisher_throttled() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    let names = ["alice", "bob", "carol"];
-    measured_call(&mut w, &names, &media, 1);
-    let before = w.clients[0].keyframe_requests;
-    // bob and carol both ask for alice's video at the same moment: merged into one.
-    for i in [1, 2] {
-        let mids = w.clients[i].recv_mids.clone();
-        for mid in mids {
-            if let Some(rx) = w.clients[i].rtc.direct_api().stream_rx_by_mid(mid, None) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-            }
-        }
-        w.drain_client(i);
-    }
-    w.run(Duration::from_millis(200));
-    let relayed = w.clients[0].keyframe_requests - before;
-    assert_eq!(relayed, 1, "two requests within the throttle become one");
-    w.run(Duration::from_secs(1));
-    let mids = w.clients[1].recv_mids.clone();
-    for mid in mids {
-        if let Some(rx) = w.clients[1].rtc.direct_api().stream_rx_by_mid(mid, None) {
-            rx.request_keyframe(KeyframeRequestKind::Pli);
-        }
-    }
-    w.drain_client(1);
-    w.run(Duration::from_millis(200));
-    assert_eq!(w.clients[0].keyframe_requests - before, 2);
-}
-
-#[test]
-fn members_leave_and_join_mid_call() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    measured_call(&mut w, &["alice", "bob", "carol"], &media, 1);
-    // carol leaves: alice and bob keep hearing each other, and nothing more of carol.
-    w.leave(2);
-    w.run(Duration::from_millis(300));
-    let before = w.snapshot();
-    w.run(Duration::from_secs(2));
-    let after = w.snapshot();
-    assert_eq!(
-        after.got(0, 2, MediaKind::Audio),
-        before.got(0, 2, MediaKind::Audio)
-    );
-    assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 95);
-    assert!(after.got(1, 0, MediaKind::Video) - before.got(1, 0, MediaKind::Video) >= 55);
-    assert_eq!(w.server.peers(), 2);
-    // dave joins: everyone hears dave and dave hears everyone.
-    let d = w.join("dave", &media);
-    w.run(Duration::from_secs(2));
-    for r in [0, 1] {
-        assert!(w.clients[r].from(d as u8, MediaKind::Audio) > 50);
-        assert!(w.clients[r].from(d as u8, MediaKind::Video) > 25);
-        assert!(w.clients[d].from(r as u8, MediaKind::Audio) > 50);
-    }
-    assert_eq!(
-        w.clients[d].from(2, MediaKind::Audio),
-        0,
-        "dave never hears carol"
-    );
-    w.server.end_call(CALL);
-    assert_eq!(w.server.peers(), 0);
-    assert_eq!(w.server.calls(), 0);
-}
-
-#[test]
-fn hold_and_mute_stop_the_right_streams() {
-    let mut w = World::new();
-    let media = [MediaKind::Audio, MediaKind::Video];
-    measured_call(&mut w, &["alice", "bob", "carol"], &media, 1);
-    w.run(Duration::from_millis(200));
-    // bob mutes audio; carol is on hold.
-    w.server.set_mute(CALL, "bob", Some(true), None);
-    w.server.set_hold(CALL, "carol", true);
-    w.run(Duration::from_millis(100));
-    let before = w.snapshot();
-    w.run(Duration::from_secs(2));
-    let after = w.snapshot();
-    let delta = |r, s, k| after.got(r, s, k) - before.got(r, s, k);
-    assert_eq!(delta(0, 1, MediaKind::Audio), 0, "bob's audio is muted");
-    assert!(
-        delta(0, 1, MediaKind::Video) >= 55,
-        "bob's video still flows"
-    );
-    assert_eq!(
-        delta(0, 2, MediaKind::Audio),
-        0,
-        "nothing from carol on hold"
-    );
-    assert_eq!(delta(0, 2, MediaKind::Video), 0);
-    assert_eq!(delta(2, 0, MediaKind::Audio), 0, "nothing to carol on hold");
-    assert_eq!(delta(2, 1, MediaKind::Video), 0);
-    assert!(
-        delta(1, 0, MediaKind::Audio) >= 95,
-        "alice and bob unaffected"
-    );
-    // Resume.
-    w.server.set_mute(CALL, "bob", Some(false), None);
-    w.server.set_hold(CALL, "carol", false);
-    let before = w.snapshot();
-    w.run(Duration::from_secs(1));
-    let after = w.snapshot();
-    assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 45);
-    assert!(after.got(2, 0, MediaKind::Audio) - before.got(2, 0, MediaKind::Audio) >= 45);
-}
-
-#[test]
-fn garbage_datagrams_and_bad_sdp_are_rejected() {
-    let mut w = World::new();
-    w.join("alice", &[MediaKind::Audio]);
-    let stranger: SocketAddr = "10.9.9.9:1".parse().unwrap();
-    for data in [
-        &b""[..],
-        b"\x00\x01garbage",
-        &[0x80; 1500],
-        &[0x16, 0xfe, 0xfd, 0, 0],
-    ] {
-        w.server.handle_datagram(w.now, stranger, data);
-    }
-    assert!(w.server.counters().datagrams_unrouted >= 4);
-    assert!(w.server.offer(w.now, CALL, "bob", "not sdp").is_err());
-    assert!(
-        w.server
-            .offer(w.now, CALL, "bob", &"v=0\r\n".repeat(20000))
-            .is_err()
-    );
-    assert!(w.server.answer(w.now, CALL, "alice", "v=0\r\n").is_err());
-    assert!(w.server.answer(w.now, CALL, "nobody", "v=0\r\n").is_err());
-    w.run(Duration::from_secs(1));
-    assert_eq!(w.server.peers(), 1);
 }

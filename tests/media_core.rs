@@ -1,0 +1,211 @@
+//! Deterministic tests of the media core: str0m client Peers and one `MediaCore` over the
+//! in-memory network of `sfu_suite::netsim`, with a virtual clock and injected loss. No
+//! sockets, no sleeps.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sfu_suite::netsim::{CALL, World, assert_exact_mesh, measured_call, server_addr};
+use str0m::media::{KeyframeRequestKind, MediaKind};
+
+#[test]
+fn one_to_one_audio() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio];
+    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 5);
+    assert_exact_mesh(&b, &a, 2, &media);
+    assert!(a.sent(0, MediaKind::Audio) - b.sent(0, MediaKind::Audio) >= 245);
+    let c = w.server.counters();
+    assert_eq!(c.rtp_out_packets[1], 0, "no video in an audio call");
+    assert!(c.rtp_in_packets[0] > 0 && c.rtp_out_packets[0] > 0);
+}
+
+#[test]
+fn one_to_one_video() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 5);
+    assert_exact_mesh(&b, &a, 2, &media);
+    // Opening a video track for a subscriber asks its publisher for a keyframe.
+    assert!(w.clients[0].keyframe_requests >= 1);
+    assert!(w.clients[1].keyframe_requests >= 1);
+}
+
+#[test]
+fn group_of_four_with_video() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    let names = ["alice", "bob", "carol", "dave"];
+    let (b, a) = measured_call(&mut w, &names, &media, 5);
+    assert_exact_mesh(&b, &a, 4, &media);
+    assert_eq!(w.server.peers(), 4);
+    // Each member receives 3 × (audio + video) tracks.
+    for c in &w.clients {
+        assert_eq!(c.recv_mids.len(), 6, "{} tracks", c.name);
+    }
+}
+
+#[test]
+fn downlink_loss_is_repaired_for_video_and_felt_in_audio() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    // 5 % loss on the server -> bob link only.
+    let bob_addr: SocketAddr = "10.0.1.2:6000".parse().unwrap();
+    w.loss.insert((server_addr(), bob_addr), 0.05);
+    let (b, a) = measured_call(&mut w, &["alice", "bob"], &media, 8);
+    let sent_a = a.sent(0, MediaKind::Audio) - b.sent(0, MediaKind::Audio);
+    let got_a = a.got(1, 0, MediaKind::Audio) - b.got(1, 0, MediaKind::Audio);
+    let lost = 1.0 - got_a as f64 / sent_a as f64;
+    assert!((0.02..0.09).contains(&lost), "audio loss {lost}");
+    // Video: NACK + RTX from the server's cache repairs what was lost.
+    let sent_v = a.sent(0, MediaKind::Video) - b.sent(0, MediaKind::Video);
+    let got_v = a.got(1, 0, MediaKind::Video) - b.got(1, 0, MediaKind::Video);
+    assert!(
+        got_v as f64 >= sent_v as f64 * 0.99,
+        "video {got_v}/{sent_v}"
+    );
+    assert!(
+        w.server.counters().nacks_in > 0,
+        "bob's NACKs reached the server"
+    );
+    // Nothing lost the other way.
+    assert_eq!(
+        a.got(0, 1, MediaKind::Audio) - b.got(0, 1, MediaKind::Audio),
+        a.sent(1, MediaKind::Audio) - b.sent(1, MediaKind::Audio)
+    );
+}
+
+#[test]
+fn keyframe_requests_reach_the_publisher_throttled() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    let names = ["alice", "bob", "carol"];
+    measured_call(&mut w, &names, &media, 1);
+    let before = w.clients[0].keyframe_requests;
+    // bob and carol both ask for alice's video at the same moment: merged into one.
+    for i in [1, 2] {
+        let mids = w.clients[i].recv_mids.clone();
+        for mid in mids {
+            if let Some(rx) = w.clients[i].rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+        w.drain_client(i);
+    }
+    w.run(Duration::from_millis(200));
+    let relayed = w.clients[0].keyframe_requests - before;
+    assert_eq!(relayed, 1, "two requests within the throttle become one");
+    w.run(Duration::from_secs(1));
+    let mids = w.clients[1].recv_mids.clone();
+    for mid in mids {
+        if let Some(rx) = w.clients[1].rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+    w.drain_client(1);
+    w.run(Duration::from_millis(200));
+    assert_eq!(w.clients[0].keyframe_requests - before, 2);
+}
+
+#[test]
+fn members_leave_and_join_mid_call() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    measured_call(&mut w, &["alice", "bob", "carol"], &media, 1);
+    // carol leaves: alice and bob keep hearing each other, and nothing more of carol.
+    w.leave(2);
+    w.run(Duration::from_millis(300));
+    let before = w.snapshot();
+    w.run(Duration::from_secs(2));
+    let after = w.snapshot();
+    assert_eq!(
+        after.got(0, 2, MediaKind::Audio),
+        before.got(0, 2, MediaKind::Audio)
+    );
+    assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 95);
+    assert!(after.got(1, 0, MediaKind::Video) - before.got(1, 0, MediaKind::Video) >= 55);
+    assert_eq!(w.server.peers(), 2);
+    // dave joins: everyone hears dave and dave hears everyone.
+    let d = w.join("dave", &media);
+    w.run(Duration::from_secs(2));
+    for r in [0, 1] {
+        assert!(w.clients[r].from(d as u8, MediaKind::Audio) > 50);
+        assert!(w.clients[r].from(d as u8, MediaKind::Video) > 25);
+        assert!(w.clients[d].from(r as u8, MediaKind::Audio) > 50);
+    }
+    assert_eq!(
+        w.clients[d].from(2, MediaKind::Audio),
+        0,
+        "dave never hears carol"
+    );
+    w.server.end_call(CALL);
+    assert_eq!(w.server.peers(), 0);
+    assert_eq!(w.server.calls(), 0);
+}
+
+#[test]
+fn hold_and_mute_stop_the_right_streams() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    measured_call(&mut w, &["alice", "bob", "carol"], &media, 1);
+    w.run(Duration::from_millis(200));
+    // bob mutes audio; carol is on hold.
+    w.server.set_mute(CALL, "bob", Some(true), None);
+    w.server.set_hold(CALL, "carol", true);
+    w.run(Duration::from_millis(100));
+    let before = w.snapshot();
+    w.run(Duration::from_secs(2));
+    let after = w.snapshot();
+    let delta = |r, s, k| after.got(r, s, k) - before.got(r, s, k);
+    assert_eq!(delta(0, 1, MediaKind::Audio), 0, "bob's audio is muted");
+    assert!(
+        delta(0, 1, MediaKind::Video) >= 55,
+        "bob's video still flows"
+    );
+    assert_eq!(
+        delta(0, 2, MediaKind::Audio),
+        0,
+        "nothing from carol on hold"
+    );
+    assert_eq!(delta(0, 2, MediaKind::Video), 0);
+    assert_eq!(delta(2, 0, MediaKind::Audio), 0, "nothing to carol on hold");
+    assert_eq!(delta(2, 1, MediaKind::Video), 0);
+    assert!(
+        delta(1, 0, MediaKind::Audio) >= 95,
+        "alice and bob unaffected"
+    );
+    // Resume.
+    w.server.set_mute(CALL, "bob", Some(false), None);
+    w.server.set_hold(CALL, "carol", false);
+    let before = w.snapshot();
+    w.run(Duration::from_secs(1));
+    let after = w.snapshot();
+    assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 45);
+    assert!(after.got(2, 0, MediaKind::Audio) - before.got(2, 0, MediaKind::Audio) >= 45);
+}
+
+#[test]
+fn garbage_datagrams_and_bad_sdp_are_rejected() {
+    let mut w = World::new();
+    w.join("alice", &[MediaKind::Audio]);
+    let stranger: SocketAddr = "10.9.9.9:1".parse().unwrap();
+    for data in [
+        &b""[..],
+        b"\x00\x01garbage",
+        &[0x80; 1500],
+        &[0x16, 0xfe, 0xfd, 0, 0],
+    ] {
+        w.server.handle_datagram(w.now, stranger, data);
+    }
+    assert!(w.server.counters().datagrams_unrouted >= 4);
+    assert!(w.server.offer(w.now, CALL, "bob", "not sdp").is_err());
+    assert!(
+        w.server
+            .offer(w.now, CALL, "bob", &"v=0\r\n".repeat(20000))
+            .is_err()
+    );
+    assert!(w.server.answer(w.now, CALL, "alice", "v=0\r\n").is_err());
+    assert!(w.server.answer(w.now, CALL, "nobody", "v=0\r\n").is_err());
+    w.run(Duration::from_secs(1));
+    assert_eq!(w.server.peers(), 1);
+}
