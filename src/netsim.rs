@@ -462,3 +462,9 @@ pub fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &
         }
     }
 }
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
