@@ -209,3 +209,19 @@ fn garbage_datagrams_and_bad_sdp_are_rejected() {
     w.run(Duration::from_secs(1));
     assert_eq!(w.server.peers(), 1);
 }
+
+#[test]
+fn a_long_call_stays_connected() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio];
+    w.join("alice", &media);
+    w.join("bob", &media);
+    w.run(Duration::from_secs(90));
+    let before = w.snapshot();
+    w.run(Duration::from_secs(2));
+    let after = w.snapshot();
+    assert!(w.clients.iter().all(|c| c.rtc.is_connected()));
+    assert!(after.got(1, 0, MediaKind::Audio) - before.got(1, 0, MediaKind::Audio) >= 95);
+    assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 95);
+    assert_eq!(w.server.counters().ice_failures, 0);
+}
