@@ -466,11 +466,14 @@ async fn every_error_code() {
             .await,
         4009
     );
-    assert_eq!(
-        bob.error_code("offer", json!({"call_id": id, "sdp": ""}))
-            .await,
-        -32601
-    );
+    // Media requests: params first, then the worker's verdict on the SDP.
+    let sdp = |sdp: &str| json!({"call_id": id, "sdp": sdp});
+    assert_eq!(bob.error_code("offer", sdp("")).await, -32602);
+    assert_eq!(bob.error_code("offer", sdp("not an sdp")).await, -32602);
+    assert_eq!(bob.error_code("answer", sdp("v=0")).await, 4009);
+    assert_eq!(c.error_code("offer", sdp("v=0")).await, 4003);
+    let cand = json!({"call_id": id, "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"});
+    assert_eq!(bob.request("candidate", cand).await.unwrap(), json!({}));
     let m = s.metrics_text().await;
     assert_eq!(
         common::sample_value(
