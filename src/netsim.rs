@@ -159,6 +159,11 @@ impl World {
 
     /// A member joins: their client offers its send tracks; the server answers.
     pub fn join(&mut self, name: &str, media: &[MediaKind]) -> usize {
+        self.join_call(name, media, true)
+    }
+
+    /// Like [`World::join`], in an audio-only call when `video_call` is false.
+    pub fn join_call(&mut self, name: &str, media: &[MediaKind], video_call: bool) -> usize {
         let index = self.clients.len() as u8;
         let mut c = Client::new(index, name, self.now);
         let mut api = c.rtc.sdp_api();
@@ -169,7 +174,7 @@ impl World {
         let (offer, pending) = api.apply().expect("an offer");
         let answer = self
             .server
-            .offer(self.now, CALL, name, &offer.to_sdp_string())
+            .offer(self.now, CALL, name, &offer.to_sdp_string(), video_call)
             .expect("server answers");
         c.rtc
             .sdp_api()

@@ -198,10 +198,10 @@ fn garbage_datagrams_and_bad_sdp_are_rejected() {
         w.server.handle_datagram(w.now, stranger, data);
     }
     assert!(w.server.counters().datagrams_unrouted >= 4);
-    assert!(w.server.offer(w.now, CALL, "bob", "not sdp").is_err());
+    assert!(w.server.offer(w.now, CALL, "bob", "not sdp", true).is_err());
     assert!(
         w.server
-            .offer(w.now, CALL, "bob", &"v=0\r\n".repeat(20000))
+            .offer(w.now, CALL, "bob", &"v=0\r\n".repeat(20000), true)
             .is_err()
     );
     assert!(w.server.answer(w.now, CALL, "alice", "v=0\r\n").is_err());
@@ -224,4 +224,23 @@ fn a_long_call_stays_connected() {
     assert!(after.got(1, 0, MediaKind::Audio) - before.got(1, 0, MediaKind::Audio) >= 95);
     assert!(after.got(0, 1, MediaKind::Audio) - before.got(0, 1, MediaKind::Audio) >= 95);
     assert_eq!(w.server.counters().ice_failures, 0);
+}
+
+#[test]
+fn an_audio_call_forwards_no_video_even_if_offered() {
+    let mut w = World::new();
+    let media = [MediaKind::Audio, MediaKind::Video];
+    w.join_call("alice", &media, false);
+    w.join_call("bob", &media, false);
+    w.run(Duration::from_secs(3));
+    for (r, s) in [(0, 1), (1, 0)] {
+        assert!(w.clients[r].from(s, MediaKind::Audio) > 100);
+        assert_eq!(w.clients[r].from(s, MediaKind::Video), 0);
+        assert_eq!(
+            w.clients[r].recv_mids.len(),
+            1,
+            "only an audio subscription"
+        );
+    }
+    assert_eq!(w.server.counters().rtp_out_packets[1], 0);
 }

@@ -1266,6 +1266,7 @@ fn media_requests_go_to_the_worker_and_back() {
             call_id: id.clone(),
             user: "bob".into(),
             sdp: "v=0 offer".into(),
+            video: false,
             conn: bob,
             id: json!(77),
         }]

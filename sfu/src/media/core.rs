@@ -130,6 +130,8 @@ struct Peer {
     created: Instant,
     connected: bool,
     ufrag: String,
+    /// Whether this call carries video; in audio calls offered video is not published.
+    video: bool,
     addrs: Vec<SocketAddr>,
     tracks_in: Vec<TrackIn>,
     tracks_out: Vec<TrackOut>,
@@ -235,12 +237,14 @@ impl MediaCore {
 
     /// A member's `offer`: a new Peer for them (replacing any earlier one, as after a
     /// reconnect), answered at once; the other members' tracks follow in our own offer.
+    /// `video` is false for audio calls: video the client offers is then not forwarded.
     pub fn offer(
         &mut self,
         now: Instant,
         call_id: &str,
         user: &str,
         sdp: &str,
+        video: bool,
     ) -> Result<String, MediaError> {
         if sdp.len() > MAX_SDP_BYTES {
             return Err(MediaError::BadSdp("larger than 64 KiB".into()));
@@ -275,6 +279,7 @@ impl MediaCore {
             created: now,
             connected: false,
             ufrag: ufrag.clone(),
+            video,
             addrs: Vec::new(),
             tracks_in: Vec::new(),
             tracks_out: Vec::new(),
@@ -709,7 +714,10 @@ impl MediaCore {
                         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                             self.counters.ice_failures += 1;
                         }
-                        Event::MediaAdded(m) if m.direction.is_receiving() => {
+                        Event::MediaAdded(m)
+                            if m.direction.is_receiving()
+                                && (peer.video || m.kind == MediaKind::Audio) =>
+                        {
                             added.push((m.mid, m.kind));
                         }
                         Event::RtpPacket(pkt) => {

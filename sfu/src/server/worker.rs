@@ -173,12 +173,13 @@ impl Worker {
                 call_id,
                 user,
                 sdp,
+                video,
                 conn,
                 id,
             } => {
                 let result = self
                     .core
-                    .offer(now, &call_id, &user, &sdp)
+                    .offer(now, &call_id, &user, &sdp, video)
                     .map(|answer| json!({ "sdp": answer }))
                     .map_err(rpc_error);
                 // The reply goes before our own offers for this Peer (same queue, in order).

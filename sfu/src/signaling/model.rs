@@ -83,6 +83,8 @@ pub enum MediaCommand {
         call_id: String,
         user: String,
         sdp: String,
+        /// Whether the call carries video (audio calls forward audio only).
+        video: bool,
         conn: ConnId,
         id: RequestId,
     },
@@ -509,12 +511,17 @@ impl CallModel {
         let p: SdpParams = parse_params(params)?;
         params::check_sdp(&p.sdp)?;
         self.joined_member_mut(&me, &p.call_id)?;
+        let video = self
+            .calls
+            .get(&p.call_id)
+            .is_some_and(|c| c.media == Media::Video);
         let (call_id, user, sdp, id) = (p.call_id, me, p.sdp, id.clone());
         let cmd = if method == Method::Offer {
             MediaCommand::Offer {
                 call_id,
                 user,
                 sdp,
+                video,
                 conn,
                 id,
             }
