@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::media::{MediaConfig, MediaCore, MediaOutput};
+use sfu::media::{Audience, MediaConfig, MediaCore, MediaOutput};
+use sfu::protocol::Notification;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -51,6 +52,8 @@ pub struct Client {
     pub keyframe_requests: u64,
     pub recv_mids: Vec<Mid>,
     pub sending: bool,
+    /// RFC 6464 level (−dBov) written on every audio packet.
+    pub level: u8,
 }
 
 impl Client {
@@ -61,6 +64,7 @@ impl Client {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .set_rtcp_report_interval_audio(Duration::from_secs(1))
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         Self {
@@ -75,6 +79,7 @@ impl Client {
             keyframe_requests: 0,
             recv_mids: Vec::new(),
             sending: true,
+            level: 30,
         }
     }
 
@@ -118,6 +123,13 @@ pub struct World {
     pub delay: Duration,
     /// Loss probability per (from, to) link.
     pub loss: HashMap<(SocketAddr, SocketAddr), f64>,
+    /// Stratified media loss per link: (fraction, current block of drop decisions).
+    pub media_loss: HashMap<(SocketAddr, SocketAddr), (f64, Vec<bool>)>,
+    /// Uniform extra delay 0..=J per link.
+    pub jitter: HashMap<(SocketAddr, SocketAddr), Duration>,
+    pub media_dropped: u64,
+    /// What the server asked to tell members: (when, audience, notification).
+    pub notices: Vec<(Instant, Audience, Notification)>,
     pub rng: Rng,
     pub next_audio: Instant,
     pub next_video: Instant,
@@ -128,14 +140,16 @@ impl World {
         let now = Instant::now();
         Self {
             now,
-            server: MediaCore::new(MediaConfig {
-                advertised: server_addr(),
-            }),
+            server: MediaCore::new(MediaConfig::new(server_addr())),
             clients: Vec::new(),
             net: BinaryHeap::new(),
             net_seq: 0,
             delay: Duration::from_millis(10),
             loss: HashMap::new(),
+            media_loss: HashMap::new(),
+            jitter: HashMap::new(),
+            media_dropped: 0,
+            notices: Vec::new(),
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             next_audio: now,
             next_video: now,
@@ -147,9 +161,35 @@ impl World {
         if p > 0.0 && self.rng.chance(p) {
             return;
         }
+        // Stratified loss on media packets only: exactly round(100·p) of every 100, at random
+        // places, so a window's loss is what was injected (ICE and RTCP are never lost).
+        let rtp = data.len() > 1 && data[0] >> 6 == 2 && !(200..=207).contains(&data[1]);
+        if rtp && let Some(pattern) = self.media_loss.get_mut(&(from, to)) {
+            if pattern.1.is_empty() {
+                let dropped = (pattern.0 * 100.0).round() as usize;
+                let mut block: Vec<bool> = (0..100).map(|i| i < dropped).collect();
+                for i in (1..block.len()).rev() {
+                    self.rng.chance(0.5);
+                    let j = (self.rng.0 % (i as u64 + 1)) as usize;
+                    block.swap(i, j);
+                }
+                pattern.1 = block;
+            }
+            if pattern.1.pop() == Some(true) {
+                self.media_dropped += 1;
+                return;
+            }
+        }
+        let extra = match self.jitter.get(&(from, to)) {
+            Some(j) if !j.is_zero() => {
+                self.rng.chance(0.5);
+                Duration::from_micros(self.rng.0 % (j.as_micros() as u64 + 1))
+            }
+            _ => Duration::ZERO,
+        };
         self.net_seq += 1;
         self.net.push(Reverse(Packet {
-            at: self.now + self.delay,
+            at: self.now + self.delay + extra,
             seq: self.net_seq,
             from,
             to,
@@ -230,6 +270,11 @@ impl World {
                     destination,
                     contents,
                 } => self.send(server_addr(), destination, contents.to_vec()),
+                MediaOutput::Notify {
+                    audience,
+                    notification,
+                    ..
+                } => self.notices.push((self.now, audience, notification)),
                 MediaOutput::Offer { user, sdp, .. } => {
                     let i = self
                         .clients
@@ -281,7 +326,7 @@ impl World {
                 payload.extend_from_slice(&n.to_be_bytes());
                 payload.resize(if kind == MediaKind::Audio { 80 } else { 900 }, 0);
                 let ext = ExtensionValues {
-                    audio_level: Some(-30),
+                    audio_level: Some(-(c.level.min(127) as i8)),
                     voice_activity: Some(true),
                     ..Default::default()
                 };

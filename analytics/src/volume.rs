@@ -55,6 +55,19 @@ impl<K: PartialEq + Clone> VolumeAggregator<K> {
         }
     }
 
+    /// Energy already accumulated elsewhere: `energy_seconds` = Σ energy·duration over
+    /// `duration` of packets.
+    pub fn add_energy(&mut self, member: &K, energy_seconds: f64, duration: Duration) {
+        let d = duration.as_secs_f64();
+        match self.acc.iter_mut().find(|(k, _, _)| k == member) {
+            Some(entry) => {
+                entry.1 += energy_seconds;
+                entry.2 += d;
+            }
+            None => self.acc.push((member.clone(), energy_seconds, d)),
+        }
+    }
+
     /// Closes the interval: each member's average energy over the interval (time without
     /// packets is silence), and the total. Starts the next interval empty.
     pub fn finish(&mut self) -> VolumeReport<K> {

@@ -93,6 +93,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 
+    /// How often each member's call quality (MOS) is reported, per direction. [default: 5s]
+    #[arg(long, env = "SFU_QUALITY_INTERVAL", value_name = "DURATION")]
+    pub quality_interval: Option<Dur>,
+
+    /// How often speaking volumes are reported while anyone is audible. [default: 300ms]
+    #[arg(long, env = "SFU_VOLUME_INTERVAL", value_name = "DURATION")]
+    pub volume_interval: Option<Dur>,
+
     /// HS256 secret that login tokens are signed with (at least 16 bytes). Prefer the env var.
     #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -182,6 +190,8 @@ pub struct ServeConfig {
     pub media_ip: std::net::IpAddr,
     pub udp_port: u16,
     pub workers: usize,
+    pub quality_interval: Duration,
+    pub volume_interval: Duration,
     pub jwt_secret: String,
     pub invite_timeout: Duration,
     pub reconnect_grace: Duration,
@@ -234,6 +244,8 @@ impl ServeArgs {
             media_ip: self.media_ip.or(file.media_ip),
             udp_port: self.udp_port.or(file.udp_port),
             workers: self.workers.or(file.workers),
+            quality_interval: self.quality_interval.or(file.quality_interval),
+            volume_interval: self.volume_interval.or(file.volume_interval),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
             invite_timeout: self.invite_timeout.or(file.invite_timeout),
             reconnect_grace: self.reconnect_grace.or(file.reconnect_grace),
@@ -320,6 +332,18 @@ impl ServeArgs {
                 bail!("--push-webhook must be an http or https URL");
             }
         }
+        let quality_interval = self
+            .quality_interval
+            .map_or(Duration::from_secs(5), |d| d.0);
+        if !(Duration::from_millis(500)..=Duration::from_secs(60)).contains(&quality_interval) {
+            bail!("--quality-interval must be between 500ms and 60s");
+        }
+        let volume_interval = self
+            .volume_interval
+            .map_or(Duration::from_millis(300), |d| d.0);
+        if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&volume_interval) {
+            bail!("--volume-interval must be between 50ms and 10s");
+        }
         let max_frame_bytes = self.max_frame_bytes.unwrap_or(64 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_frame_bytes) {
             bail!("--max-frame-bytes must be between 1024 and 16777216");
@@ -343,6 +367,8 @@ impl ServeArgs {
             media_ip,
             udp_port,
             workers,
+            quality_interval,
+            volume_interval,
             jwt_secret,
             invite_timeout,
             reconnect_grace,

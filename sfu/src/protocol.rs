@@ -226,6 +226,22 @@ pub enum EndReason {
     Error,
 }
 
+/// One member's speaking volume in a `volume` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserVolume {
+    pub user: String,
+    pub volume: u8,
+}
+
+/// Which way a `quality` sample measures: `up` = member to server, `down` = server to member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, IntoStaticStr)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum QualityDirection {
+    Up,
+    Down,
+}
+
 /// A server-to-client notification. The variant name is the JSON-RPC method.
 #[derive(Clone, Debug, PartialEq, Serialize, EnumDiscriminants)]
 #[strum_discriminants(
@@ -284,6 +300,21 @@ pub enum Notification {
         call_id: String,
         user: String,
         available: bool,
+    },
+    Volume {
+        call_id: String,
+        volumes: Vec<UserVolume>,
+        total: u8,
+    },
+    Quality {
+        call_id: String,
+        user: String,
+        direction: QualityDirection,
+        mos: f64,
+        quality: analytics::Level,
+        rtt_ms: f64,
+        jitter_ms: f64,
+        loss: f64,
     },
     Dtmf {
         call_id: String,

@@ -20,7 +20,12 @@ use str0m::net::{DatagramRecv, DatagramSend, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
+use analytics::mos::{Conditions, sample};
+use analytics::volume::energy;
+use analytics::{Availability, AvailabilityConfig, Jitter, VolumeAggregator, WindowLoss};
+
 use super::forward::SeqRebase;
+use crate::protocol::{Notification, QualityDirection, UserVolume};
 
 /// Index of a Peer in its worker, with a generation so stale timers and routes are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +46,29 @@ pub struct MediaConfig {
     /// The host candidate advertised to clients (`--media-ip` and the worker's port). Every
     /// datagram is taken as received on this address (str0m drops STUN to unknown addresses).
     pub advertised: SocketAddr,
+    /// How often `quality` is reported per member and direction.
+    pub quality_interval: Duration,
+    /// How often `volume` is reported per call (and availability checked).
+    pub volume_interval: Duration,
+}
+
+impl MediaConfig {
+    pub fn new(advertised: SocketAddr) -> Self {
+        Self {
+            advertised,
+            quality_interval: Duration::from_secs(5),
+            volume_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Who in a call a notification is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// Every joined member.
+    All,
+    /// Every joined member but this one.
+    Others(String),
 }
 
 /// Why a media request failed; maps to a JSON-RPC error in the shell.
@@ -67,6 +95,12 @@ pub enum MediaOutput {
         call_id: String,
         user: String,
         sdp: String,
+    },
+    /// Tell members of `call_id` (volume, quality, availability).
+    Notify {
+        call_id: String,
+        audience: Audience,
+        notification: Notification,
     },
 }
 
@@ -101,6 +135,87 @@ struct TrackIn {
     mid: Mid,
     kind: MediaKind,
     last_keyframe_request: Option<Instant>,
+    /// Extended sequence numbers seen: first and highest, and packets received.
+    first_seq: Option<u64>,
+    highest_seq: u64,
+    received: u64,
+    jitter: Jitter,
+    loss: WindowLoss,
+    availability: Availability,
+    last_ts: Option<u32>,
+}
+
+impl TrackIn {
+    fn new(mid: Mid, kind: MediaKind) -> Self {
+        let (clock, cfg) = match kind {
+            MediaKind::Audio => (48_000, AvailabilityConfig::AUDIO),
+            MediaKind::Video => (90_000, AvailabilityConfig::VIDEO),
+        };
+        let mut availability = Availability::new(cfg);
+        availability.set_published(true);
+        Self {
+            mid,
+            kind,
+            last_keyframe_request: None,
+            first_seq: None,
+            highest_seq: 0,
+            received: 0,
+            jitter: Jitter::new(clock),
+            loss: WindowLoss::default(),
+            availability,
+            last_ts: None,
+        }
+    }
+
+    /// Books one new packet: loss counters, jitter, availability. Returns an availability
+    /// change, and the audio duration the packet covers.
+    fn on_packet(&mut self, pkt: &RtpPacket, now: Instant) -> (Option<bool>, Duration) {
+        let seq = *pkt.seq_no;
+        let first = *self.first_seq.get_or_insert(seq);
+        self.received += 1;
+        if seq >= self.highest_seq || seq == first {
+            self.highest_seq = seq.max(self.highest_seq);
+            self.jitter.on_packet(pkt.timestamp, pkt.header.timestamp);
+        }
+        let duration = match self.last_ts.replace(pkt.header.timestamp) {
+            Some(prev) if self.kind == MediaKind::Audio => {
+                let step = pkt.header.timestamp.wrapping_sub(prev);
+                Duration::from_micros((u64::from(step) * 1000 / 48).min(120_000))
+            }
+            _ => Duration::from_millis(20),
+        };
+        (self.availability.on_packet(now), duration)
+    }
+
+    /// (expected, lost) since the first packet.
+    fn counters(&self) -> Option<(u64, i64)> {
+        let first = self.first_seq?;
+        let expected = self.highest_seq - first + 1;
+        Some((expected, expected as i64 - self.received as i64))
+    }
+}
+
+impl DownStats {
+    /// One RTCP RR's view of an audio stream we send: cumulative highest sequence number and
+    /// packets lost, and interarrival jitter (48 kHz units).
+    fn on_report(&mut self, mid: Mid, max_seq: u64, lost: u64, jitter: u32) {
+        let (m0, l0) = *self.per_mid.entry(mid).or_insert((max_seq, lost));
+        self.expected_total += max_seq.saturating_sub(m0);
+        self.lost_total += lost as i64 - l0 as i64;
+        self.per_mid.insert(mid, (max_seq.max(m0), lost));
+        self.jitter_ms = Some(f64::from(jitter) / 48.0);
+    }
+}
+
+/// What a member's receivers tell us about the server-to-member direction (RTCP RR), summed
+/// over the audio streams they receive.
+#[derive(Default)]
+struct DownStats {
+    per_mid: HashMap<Mid, (u64, u64)>,
+    expected_total: u64,
+    lost_total: i64,
+    jitter_ms: Option<f64>,
+    loss: WindowLoss,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,11 +258,45 @@ struct Peer {
     wake: Option<Instant>,
     /// Cumulative NACKs per egress mid, for deltas.
     nacks_seen: HashMap<Mid, u64>,
+    /// Round-trip time: from the member's RTCP RR (LSR/DLSR) on what we send them, else from
+    /// XR DLRR on what they send us.
+    rtt: Option<Duration>,
+    rtt_from_rr: bool,
+    down: DownStats,
+    /// Opus in-band FEC negotiated (changes the E-model's Bpl).
+    fec: bool,
+    /// Σ energy·seconds and seconds of audio in the current volume interval.
+    volume: (f64, f64),
 }
 
 struct Slot {
     generation: u32,
     peer: Option<Peer>,
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn availability_notice(call_id: &str, user: &str, kind: MediaKind, available: bool) -> MediaOutput {
+    let (call_id, user) = (call_id.to_string(), user.to_string());
+    let notification = match kind {
+        MediaKind::Audio => Notification::AudioAvailable {
+            call_id: call_id.clone(),
+            user: user.clone(),
+            available,
+        },
+        MediaKind::Video => Notification::VideoAvailable {
+            call_id: call_id.clone(),
+            user: user.clone(),
+            available,
+        },
+    };
+    MediaOutput::Notify {
+        call_id,
+        audience: Audience::Others(user),
+        notification,
+    }
 }
 
 fn slot_peer(slots: &mut [Slot], id: PeerId) -> Option<&mut Peer> {
@@ -180,6 +329,10 @@ pub struct MediaCore {
     counters: MediaCounters,
     /// Reused for the subscribers of one packet, to avoid an allocation per packet.
     scratch: Vec<PeerId>,
+    /// Calls whose last volume report had someone audible.
+    audible: HashMap<String, bool>,
+    next_volume: Option<Instant>,
+    next_quality: Option<Instant>,
 }
 
 impl MediaCore {
@@ -197,6 +350,9 @@ impl MediaCore {
             work: VecDeque::new(),
             counters: MediaCounters::default(),
             scratch: Vec::new(),
+            audible: HashMap::new(),
+            next_volume: None,
+            next_quality: None,
         }
     }
 
@@ -205,7 +361,11 @@ impl MediaCore {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let peers = self.timers.peek().map(|Reverse((t, _))| *t);
+        [peers, self.next_volume, self.next_quality]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn counters(&self) -> &MediaCounters {
@@ -289,6 +449,11 @@ impl MediaCore {
             video_muted: false,
             wake: None,
             nacks_seen: HashMap::new(),
+            rtt: None,
+            rtt_from_rr: false,
+            down: DownStats::default(),
+            fec: sdp.contains("useinbandfec=1"),
+            volume: (0.0, 0.0),
         });
         self.by_ufrag.insert(ufrag, id);
         self.by_member
@@ -317,6 +482,10 @@ impl MediaCore {
             .entry(call_id.to_string())
             .or_default()
             .push(id);
+        self.next_volume
+            .get_or_insert(now + self.cfg.volume_interval);
+        self.next_quality
+            .get_or_insert(now + self.cfg.quality_interval);
         // Learn its tracks (MediaAdded) and tell the others.
         self.drain(now, id);
         self.run_work(now);
@@ -423,6 +592,14 @@ impl MediaCore {
             if let Some(v) = video {
                 p.video_muted = v;
             }
+            // Signaling told the others at once; availability returns when media flows again.
+            for t in &mut p.tracks_in {
+                let muted = match t.kind {
+                    MediaKind::Audio => p.audio_muted,
+                    MediaKind::Video => p.video_muted,
+                };
+                t.availability.set_muted(muted);
+            }
         }
     }
 
@@ -514,8 +691,33 @@ impl MediaCore {
         self.by_ufrag.get(ours).copied()
     }
 
-    /// Drives every Peer whose deadline is due.
+    /// Drives every Peer whose deadline is due, and the volume and quality reports.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drive_peers(now);
+        if self.next_volume.is_some_and(|t| t <= now) {
+            self.volume_tick(now);
+        }
+        if self.next_quality.is_some_and(|t| t <= now) {
+            self.quality_tick();
+        }
+        if self.by_member.is_empty() {
+            self.next_volume = None;
+            self.next_quality = None;
+        } else {
+            let (v, q) = (self.cfg.volume_interval, self.cfg.quality_interval);
+            let next = |t: Option<Instant>, every: Duration| {
+                let mut t = t.unwrap_or(now + every);
+                while t <= now {
+                    t += every;
+                }
+                Some(t)
+            };
+            self.next_volume = next(self.next_volume, v);
+            self.next_quality = next(self.next_quality, q);
+        }
+    }
+
+    fn drive_peers(&mut self, now: Instant) {
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -543,6 +745,106 @@ impl MediaCore {
             }
             self.drain(now, id);
             self.run_work(now);
+        }
+    }
+
+    /// Every volume interval: each call's volumes (to every joined member while anyone is
+    /// audible, and once more when all fall silent), and availability stalls.
+    fn volume_tick(&mut self, now: Instant) {
+        let calls: Vec<(String, Vec<PeerId>)> = self
+            .by_call
+            .iter()
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect();
+        for (call_id, peers) in calls {
+            let mut agg = VolumeAggregator::new(self.cfg.volume_interval);
+            for id in peers {
+                let Some(p) = slot_peer(&mut self.slots, id) else {
+                    continue;
+                };
+                let (e, d) = std::mem::take(&mut p.volume);
+                if d > 0.0 {
+                    agg.add_energy(&p.user, e, Duration::from_secs_f64(d));
+                }
+                for t in &mut p.tracks_in {
+                    if let Some(available) = t.availability.poll(now) {
+                        self.out
+                            .push_back(availability_notice(&call_id, &p.user, t.kind, available));
+                    }
+                }
+            }
+            let report = agg.finish();
+            let audible = !report.volumes.is_empty();
+            let was = self
+                .audible
+                .insert(call_id.clone(), audible)
+                .unwrap_or(false);
+            if audible || was {
+                let volumes = report
+                    .volumes
+                    .into_iter()
+                    .map(|(user, volume)| UserVolume { user, volume })
+                    .collect();
+                self.out.push_back(MediaOutput::Notify {
+                    call_id: call_id.clone(),
+                    audience: Audience::All,
+                    notification: Notification::Volume {
+                        call_id,
+                        volumes,
+                        total: report.total,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Every quality window: per member, the E-model MOS of what they send (`up`, measured on
+    /// the packets we receive) and of what we send them (`down`, from their RTCP RR), to every
+    /// joined member. A window without packets or without an RTT gives no sample.
+    fn quality_tick(&mut self) {
+        for slot in &mut self.slots {
+            let Some(p) = slot.peer.as_mut() else {
+                continue;
+            };
+            let mut samples = Vec::new();
+            if let Some(t) = p.tracks_in.iter_mut().find(|t| t.kind == MediaKind::Audio)
+                && let Some((expected, lost)) = t.counters()
+                && let Some(loss) = t.loss.next(expected, lost)
+            {
+                samples.push((QualityDirection::Up, loss, t.jitter.ms()));
+            }
+            if let Some(loss) = p.down.loss.next(p.down.expected_total, p.down.lost_total)
+                && let Some(j) = p.down.jitter_ms
+            {
+                samples.push((QualityDirection::Down, loss, j));
+            }
+            let Some(rtt_ms) = p.rtt.map(|r| r.as_secs_f64() * 1000.0) else {
+                continue;
+            };
+            for (direction, loss, jitter_ms) in samples {
+                let c = Conditions {
+                    rtt_ms,
+                    jitter_ms,
+                    loss,
+                };
+                let Some(s) = sample(c, p.fec) else {
+                    continue;
+                };
+                self.out.push_back(MediaOutput::Notify {
+                    call_id: p.call_id.clone(),
+                    audience: Audience::All,
+                    notification: Notification::Quality {
+                        call_id: p.call_id.clone(),
+                        user: p.user.clone(),
+                        direction,
+                        mos: round2(s.mos),
+                        quality: s.level,
+                        rtt_ms: round2(rtt_ms),
+                        jitter_ms: round2(jitter_ms),
+                        loss: (loss * 10_000.0).round() / 10_000.0,
+                    },
+                });
+            }
         }
     }
 
@@ -597,6 +899,7 @@ impl MediaCore {
                 let others = list.clone();
                 if list.is_empty() {
                     self.by_call.remove(&peer.call_id);
+                    self.audible.remove(&peer.call_id);
                 }
                 others
             }
@@ -727,12 +1030,29 @@ impl MediaCore {
                                 .stream_rx(&pkt.header.ssrc)
                                 .map(|s| s.mid());
                             let track =
-                                mid.and_then(|m| peer.tracks_in.iter().find(|t| t.mid == m));
+                                mid.and_then(|m| peer.tracks_in.iter_mut().find(|t| t.mid == m));
                             if let Some(t) = track {
                                 let k = kind_index(t.kind);
                                 self.counters.rtp_in_packets[k] += 1;
                                 self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
-                                self.work.push_back(Work::Forward(id, t.mid, t.kind, pkt));
+                                let (change, duration) = t.on_packet(&pkt, now);
+                                let (mid, kind) = (t.mid, t.kind);
+                                if let Some(available) = change {
+                                    self.out.push_back(availability_notice(
+                                        &peer.call_id,
+                                        &peer.user,
+                                        kind,
+                                        available,
+                                    ));
+                                }
+                                let speaking =
+                                    kind == MediaKind::Audio && !peer.audio_muted && !peer.held;
+                                if speaking && let Some(level) = pkt.header.ext_vals.audio_level {
+                                    let level = level.unsigned_abs().min(127);
+                                    peer.volume.0 += energy(level) * duration.as_secs_f64();
+                                    peer.volume.1 += duration.as_secs_f64();
+                                }
+                                self.work.push_back(Work::Forward(id, mid, kind, pkt));
                             }
                         }
                         Event::KeyframeRequest(req) => {
@@ -753,6 +1073,28 @@ impl MediaCore {
                             let seen = peer.nacks_seen.entry(s.mid).or_insert(0);
                             self.counters.nacks_in += s.nacks.saturating_sub(*seen);
                             *seen = s.nacks.max(*seen);
+                            if let Some(rtt) = s.rtt {
+                                peer.rtt = Some(rtt);
+                                peer.rtt_from_rr = true;
+                            }
+                            let audio = peer.tracks_out.iter().any(|t| {
+                                t.state == OutState::Open(s.mid) && t.kind == MediaKind::Audio
+                            });
+                            if let (true, Some(r)) = (audio, s.remote) {
+                                peer.down.on_report(
+                                    s.mid,
+                                    *r.maximum_sequence_number,
+                                    r.packets_lost,
+                                    r.jitter,
+                                );
+                            }
+                        }
+                        Event::MediaIngressStats(s) => {
+                            if !peer.rtt_from_rr
+                                && let Some(rtt) = s.rtt
+                            {
+                                peer.rtt = Some(rtt);
+                            }
                         }
                         _ => {}
                     },
@@ -776,11 +1118,7 @@ impl MediaCore {
         };
         for &(mid, kind) in added {
             if !peer.tracks_in.iter().any(|t| t.mid == mid) {
-                peer.tracks_in.push(TrackIn {
-                    mid,
-                    kind,
-                    last_keyframe_request: None,
-                });
+                peer.tracks_in.push(TrackIn::new(mid, kind));
             }
         }
         let call_id = peer.call_id.clone();

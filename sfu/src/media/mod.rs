@@ -4,4 +4,4 @@
 pub mod core;
 pub mod forward;
 
-pub use self::core::{MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
+pub use self::core::{Audience, MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::Shared;
 use super::push::PushQueue;
 use crate::directory::{CallEntry, ToSocket};
-use crate::protocol::{Method, RequestId, RpcError, codes};
+use crate::media::Audience;
+use crate::protocol::{Method, Notification, RequestId, RpcError, codes};
 use crate::signaling::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output};
 
 use super::worker::WorkerHandle;
@@ -46,6 +47,12 @@ pub(crate) enum Input {
         call_id: String,
         user: String,
         sdp: String,
+    },
+    /// Volume, quality or availability from a Worker.
+    MediaNotify {
+        call_id: String,
+        audience: Audience,
+        notification: Notification,
     },
 }
 
@@ -124,6 +131,11 @@ fn apply(model: &mut CallModel, input: Input) {
             result,
         } => model.media_reply(conn, id, method, result),
         Input::MediaOffer { call_id, user, sdp } => model.media_offer(&call_id, &user, sdp),
+        Input::MediaNotify {
+            call_id,
+            audience,
+            notification,
+        } => model.media_notify(&call_id, &audience, notification),
     }
 }
 

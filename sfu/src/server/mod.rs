@@ -108,6 +108,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             index,
             bind,
             cfg.media_ip,
+            (cfg.quality_interval, cfg.volume_interval),
             media_tx.clone(),
             metrics.clone(),
             shutdown_rx.clone(),

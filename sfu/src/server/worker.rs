@@ -33,6 +33,7 @@ pub(crate) fn spawn(
     index: usize,
     bind: SocketAddr,
     media_ip: std::net::IpAddr,
+    intervals: (Duration, Duration),
     to_actor: mpsc::UnboundedSender<Input>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -64,7 +65,11 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
-                let core = MediaCore::new(MediaConfig { advertised });
+                let core = MediaCore::new(MediaConfig {
+                    advertised,
+                    quality_interval: intervals.0,
+                    volume_interval: intervals.1,
+                });
                 Worker {
                     core,
                     socket,
@@ -161,6 +166,17 @@ impl Worker {
                 }
                 MediaOutput::Offer { call_id, user, sdp } => {
                     let _ = self.to_actor.send(Input::MediaOffer { call_id, user, sdp });
+                }
+                MediaOutput::Notify {
+                    call_id,
+                    audience,
+                    notification,
+                } => {
+                    let _ = self.to_actor.send(Input::MediaNotify {
+                        call_id,
+                        audience,
+                        notification,
+                    });
                 }
             }
         }

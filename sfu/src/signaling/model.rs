@@ -12,6 +12,7 @@ use super::call::{Call, Member, MemberState};
 use super::params::{self, CallIdParams, CallParams, DtmfParams, HoldParams, InviteParams};
 use super::params::{CandidateParams, MessageParams, MuteParams, SdpParams};
 use super::timers::{Timer, Timers};
+use crate::media::Audience;
 use crate::protocol::params as parse_params;
 use crate::protocol::{
     EndReason, LeaveReason, Media, Method, Notification, Outbound, RequestId, RpcError,
@@ -281,6 +282,19 @@ impl CallModel {
             result,
         };
         self.out.push_back(Output::Send { conn, msg });
+    }
+
+    /// A Worker's volume, quality or availability report, for the call's joined members.
+    pub fn media_notify(&mut self, call_id: &str, audience: &Audience, n: Notification) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let except = match audience {
+            Audience::All => "",
+            Audience::Others(user) => user.as_str(),
+        };
+        let to = Self::audience(call, except);
+        self.tell(&to, n);
     }
 
     /// A server-initiated offer from the Worker, for `user` if they are still joined.
