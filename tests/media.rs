@@ -39,6 +39,8 @@ struct Report {
     sent: [u64; 2],
     got: BTreeMap<(u8, u8), Seen>,
     keyframe_requests: u64,
+    /// Every notification received during the media session (besides `offer`).
+    notices: Vec<serde_json::Value>,
 }
 
 /// One caller's media session: offers, answers server offers, sends for `SEND_FOR`, then
@@ -57,6 +59,7 @@ async fn media_session(
         .clear_codecs()
         .enable_opus(true, false)
         .enable_vp8(true)
+        .set_rtcp_report_interval_audio(Duration::from_secs(1))
         .build(start);
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
     let mut api = rtc.sdp_api();
@@ -146,6 +149,8 @@ async fn media_session(
                     .await;
                 } else if let Some(e) = frame.get("error") {
                     panic!("request failed: {e}");
+                } else if frame.get("method").is_some() {
+                    report.notices.push(frame);
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
@@ -222,8 +227,12 @@ async fn call_everyone(s: &Server, names: &[&str], media: &str) -> (Vec<Client>,
     (clients, call_id)
 }
 
-async fn run_call(names: &[&str], video: bool) -> (Server, Vec<Report>, Vec<Client>, String) {
-    let s = Server::start(&[]).await;
+async fn run_call(
+    names: &[&str],
+    video: bool,
+    extra: &[&str],
+) -> (Server, Vec<Report>, Vec<Client>, String) {
+    let s = Server::start(extra).await;
     let media = if video { "video" } else { "audio" };
     let (clients, call_id) = call_everyone(&s, names, media).await;
     let kinds = if video {
@@ -293,7 +302,15 @@ fn check_mesh(reports: &[Report], kinds: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_audio_and_video_over_udp() {
-    let (s, reports, mut clients, call_id) = run_call(&["alice", "bob"], true).await;
+    let cdr = std::env::temp_dir().join(format!("sfu-cdr-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&cdr);
+    let cdr_arg = cdr.to_string_lossy().to_string();
+    let (s, reports, mut clients, call_id) = run_call(
+        &["alice", "bob"],
+        true,
+        &["--quality-interval", "2s", "--cdr-file", &cdr_arg],
+    )
+    .await;
     check_mesh(&reports, &[0, 1]);
     assert!(
         reports[0].keyframe_requests >= 1,
@@ -309,6 +326,11 @@ async fn one_to_one_audio_and_video_over_udp() {
     ] {
         assert!(common::sample_value(&m, sample) > 0.0, "{sample} in {m}");
     }
+    check_analytics(&reports, &["alice", "bob"]);
+    let m = s.metrics_text().await;
+    assert!(common::sample_value(&m, "sfu_quality_mos_count{direction=\"up\"}") >= 4.0);
+    assert!(common::sample_value(&m, "sfu_quality_mos_count{direction=\"down\"}") >= 2.0);
+    assert!(common::sample_value(&m, "sfu_volume_events_total") > 10.0);
     s.wait_metric("sfu_peers_active", 2.0).await;
     // Hanging up closes both Peers and frees their state.
     clients[0]
@@ -318,12 +340,140 @@ async fn one_to_one_audio_and_video_over_udp() {
     assert_eq!(clients[1].expect("user_leave").await["user"], "alice");
     s.wait_metric("sfu_peers_active", 0.0).await;
     s.wait_metric("sfu_calls_active", 0.0).await;
+    check_record(&s, &call_id, &cdr).await;
+    let _ = std::fs::remove_file(&cdr);
+}
+
+/// Every member heard about the other's quality, volume and availability.
+fn check_analytics(reports: &[Report], names: &[&str]) {
+    for (r, rep) in reports.iter().enumerate() {
+        let by = |m: &'static str| rep.notices.iter().filter(move |n| n["method"] == m);
+        for (s, other) in names.iter().enumerate() {
+            for dir in ["up", "down"] {
+                let q: Vec<_> = by("quality")
+                    .filter(|n| n["params"]["user"] == *other && n["params"]["direction"] == dir)
+                    .collect();
+                assert!(
+                    !q.is_empty(),
+                    "{} got no {dir} quality of {other}",
+                    names[r]
+                );
+                let mos = q.last().unwrap()["params"]["mos"].as_f64().unwrap();
+                assert!(mos > 4.0, "loopback MOS {mos}");
+                assert_eq!(q[0]["params"]["quality"], "excellent");
+            }
+            if s == r {
+                continue;
+            }
+            // Level 25 on every packet: volume round(100·35/60) = 58.
+            let v: Vec<u64> = by("volume")
+                .filter_map(|n| {
+                    n["params"]["volumes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["user"] == *other)
+                        .map(|v| v["volume"].as_u64().unwrap())
+                })
+                .collect();
+            assert!(v.len() > 10, "{} got volumes of {other}: {v:?}", names[r]);
+            assert!(v.iter().all(|x| (55..=61).contains(x)), "{v:?}");
+            for kind in ["audio_available", "video_available"] {
+                assert!(
+                    by(kind)
+                        .any(|n| n["params"]["user"] == *other && n["params"]["available"] == true),
+                    "{} never saw {other}'s {kind}",
+                    names[r]
+                );
+            }
+            assert!(
+                !by("audio_available").any(|n| n["params"]["user"] == names[r]),
+                "told about itself"
+            );
+        }
+    }
+}
+
+/// The finished call's record is served to admins only, and appended to the CDR file.
+async fn check_record(s: &Server, call_id: &str, cdr: &std::path::Path) {
+    let url = format!("http://{}/api/calls/{call_id}", s.http);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let user = s.token("alice");
+    let r = http.get(&url).bearer_auth(&user).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let admin = sfu::auth::Auth::new(sfu::auth::DEV_SECRET.as_bytes())
+        .mint(
+            "ops",
+            None,
+            true,
+            Duration::from_secs(60),
+            sfu::auth::unix_now(),
+        )
+        .unwrap();
+    let r = http.get(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let rec: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(rec["call_id"], call_id);
+    assert_eq!(rec["outcome"], "hangup");
+    assert_eq!(rec["type"], "1v1");
+    assert_eq!(rec["answered"], true);
+    let members = rec["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    for m in members {
+        let up = &m["up"];
+        assert!(up["samples"].as_u64().unwrap() >= 2, "{rec}");
+        assert!(up["mos_min"].as_f64().unwrap() > 4.0);
+        assert!(up["mos_p5"].as_f64().unwrap() <= up["mos_avg"].as_f64().unwrap());
+    }
+    let list = format!("http://{}/api/calls?limit=5", s.http);
+    let r: serde_json::Value = http
+        .get(&list)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["calls"][0]["call_id"], call_id);
+    let bad = format!("http://{}/api/calls?limit=0", s.http);
+    assert_eq!(
+        http.get(&bad)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let missing = format!("http://{}/api/calls/nope", s.http);
+    assert_eq!(
+        http.get(&missing)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // The CDR line lands shortly after the call ends.
+    let mut line = String::new();
+    for _ in 0..100 {
+        line = std::fs::read_to_string(cdr).unwrap_or_default();
+        if line.contains(call_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(first["call_id"], call_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_of_four_audio_and_video_over_udp() {
     let names = ["alice", "bob", "carol", "dave"];
-    let (s, reports, mut clients, call_id) = run_call(&names, true).await;
+    let (s, reports, mut clients, call_id) = run_call(&names, true, &[]).await;
     check_mesh(&reports, &[0, 1]);
     s.wait_metric("sfu_peers_active", 4.0).await;
     // Members leave one by one: the last one left alone gets call_end.

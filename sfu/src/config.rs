@@ -101,6 +101,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_VOLUME_INTERVAL", value_name = "DURATION")]
     pub volume_interval: Option<Dur>,
 
+    /// Append each finished call's record as a JSON line to this file.
+    #[arg(long, env = "SFU_CDR_FILE", value_name = "PATH")]
+    pub cdr_file: Option<PathBuf>,
+
+    /// Finished call records kept in memory for GET /api/calls. [default: 1000]
+    #[arg(long, env = "SFU_CALL_RECORDS", value_name = "N")]
+    pub call_records: Option<usize>,
+
     /// HS256 secret that login tokens are signed with (at least 16 bytes). Prefer the env var.
     #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -192,6 +200,8 @@ pub struct ServeConfig {
     pub workers: usize,
     pub quality_interval: Duration,
     pub volume_interval: Duration,
+    pub cdr_file: Option<PathBuf>,
+    pub call_records: usize,
     pub jwt_secret: String,
     pub invite_timeout: Duration,
     pub reconnect_grace: Duration,
@@ -246,6 +256,8 @@ impl ServeArgs {
             workers: self.workers.or(file.workers),
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),
+            cdr_file: self.cdr_file.or(file.cdr_file),
+            call_records: self.call_records.or(file.call_records),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
             invite_timeout: self.invite_timeout.or(file.invite_timeout),
             reconnect_grace: self.reconnect_grace.or(file.reconnect_grace),
@@ -344,6 +356,10 @@ impl ServeArgs {
         if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&volume_interval) {
             bail!("--volume-interval must be between 50ms and 10s");
         }
+        let call_records = self.call_records.unwrap_or(1000);
+        if !(1..=1_000_000).contains(&call_records) {
+            bail!("--call-records must be between 1 and 1000000");
+        }
         let max_frame_bytes = self.max_frame_bytes.unwrap_or(64 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_frame_bytes) {
             bail!("--max-frame-bytes must be between 1024 and 16777216");
@@ -369,6 +385,8 @@ impl ServeArgs {
             workers,
             quality_interval,
             volume_interval,
+            cdr_file: self.cdr_file,
+            call_records,
             jwt_secret,
             invite_timeout,
             reconnect_grace,

@@ -11,5 +11,6 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod protocol;
+pub mod records;
 pub mod server;
 pub mod signaling;

@@ -3,8 +3,8 @@
 //! carry user or call ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::protocol::{Method, codes};
@@ -32,6 +32,13 @@ pub struct Metrics {
     pub nacks_received: IntCounter,
     pub datagrams_dropped: IntCounterVec,
     pub forwarding_latency_seconds: Histogram,
+    pub quality_mos: HistogramVec,
+    pub quality_samples: IntCounterVec,
+    pub quality_rtt_seconds: HistogramVec,
+    pub quality_jitter_seconds: HistogramVec,
+    pub quality_loss_ratio: HistogramVec,
+    pub volume_events: IntCounter,
+    pub availability_events: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -54,6 +61,15 @@ impl Metrics {
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(c.clone())));
             c
+        };
+        let histogram_vec = |name: &'static str, help: &str, buckets: Vec<f64>| {
+            families.borrow_mut().push(name);
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["direction"],
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
         };
         let plain_counter = |name: &'static str, help: &str| {
             families.borrow_mut().push(name);
@@ -158,6 +174,42 @@ impl Metrics {
                     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
                     0.005, 0.01, 0.025, 0.05,
                 ],
+            ),
+            quality_mos: histogram_vec(
+                "sfu_quality_mos",
+                "MOS samples (E-model, per member and window) by direction (up: member to server, down: server to member).",
+                vec![
+                    1.0, 1.5, 2.0, 2.5, 3.0, 3.1, 3.5, 3.7, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5,
+                ],
+            ),
+            quality_samples: counter(
+                "sfu_quality_samples_total",
+                "Quality samples by direction and level (excellent|good|fair|poor|bad).",
+                &["direction", "level"],
+            ),
+            quality_rtt_seconds: histogram_vec(
+                "sfu_quality_rtt_seconds",
+                "Round-trip time of quality samples, by direction.",
+                vec![0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0],
+            ),
+            quality_jitter_seconds: histogram_vec(
+                "sfu_quality_jitter_seconds",
+                "Interarrival jitter of quality samples, by direction.",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2],
+            ),
+            quality_loss_ratio: histogram_vec(
+                "sfu_quality_loss_ratio",
+                "Packet loss of quality samples (per window), by direction.",
+                vec![0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0],
+            ),
+            volume_events: plain_counter(
+                "sfu_volume_events_total",
+                "volume notifications emitted (one per call per interval while anyone is audible).",
+            ),
+            availability_events: counter(
+                "sfu_availability_events_total",
+                "audio_available / video_available changes detected from media, by kind and value.",
+                &["kind", "available"],
             ),
             families: Vec::new(),
             registry,

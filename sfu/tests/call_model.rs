@@ -298,7 +298,14 @@ fn one_to_one_answered_then_hung_up() {
     assert_eq!(h.model.calls_active(), 0);
     assert!(h.events.contains(&CallEvent::Answered {
         call_id: id.clone(),
+        user: "bob".into(),
         setup: Duration::from_secs(2)
+    }));
+    assert!(h.events.contains(&CallEvent::Started {
+        call_id: id.clone(),
+        group: false,
+        media: sfu::protocol::Media::Audio,
+        members: vec!["alice".into(), "bob".into()],
     }));
     assert_eq!(h.ended(), [EndReason::Hangup]);
 }

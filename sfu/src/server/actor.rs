@@ -83,14 +83,14 @@ pub(crate) async fn run(
         tokio::select! {
             input = media_rx.recv() => {
                 let Some(input) = input else { break };
-                apply(&mut model, input);
+                apply(&mut model, &shared, input);
             }
             input = rx.recv() => {
                 let Some(input) = input else { break };
-                apply(&mut model, input);
+                apply(&mut model, &shared, input);
                 for _ in 1..BATCH {
                     match rx.try_recv() {
-                        Ok(input) => apply(&mut model, input),
+                        Ok(input) => apply(&mut model, &shared, input),
                         Err(_) => break,
                     }
                 }
@@ -113,7 +113,58 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-fn apply(model: &mut CallModel, input: Input) {
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Metrics and call records from the Workers' reports.
+fn observe(shared: &Shared, call_id: &str, n: &Notification) {
+    let m = &shared.metrics;
+    match n {
+        Notification::Quality {
+            user,
+            direction,
+            mos,
+            quality,
+            rtt_ms,
+            jitter_ms,
+            loss,
+            ..
+        } => {
+            let dir: &str = (*direction).into();
+            m.quality_mos.with_label_values(&[dir]).observe(*mos);
+            m.quality_samples
+                .with_label_values(&[dir, quality.as_str()])
+                .inc();
+            m.quality_rtt_seconds
+                .with_label_values(&[dir])
+                .observe(rtt_ms / 1000.0);
+            m.quality_jitter_seconds
+                .with_label_values(&[dir])
+                .observe(jitter_ms / 1000.0);
+            m.quality_loss_ratio
+                .with_label_values(&[dir])
+                .observe(*loss);
+            shared.records().quality(
+                call_id, user, *direction, *mos, *quality, *loss, *jitter_ms, *rtt_ms,
+            );
+        }
+        Notification::Volume { .. } => m.volume_events.inc(),
+        Notification::AudioAvailable { available, .. } => m
+            .availability_events
+            .with_label_values(&["audio", if *available { "true" } else { "false" }])
+            .inc(),
+        Notification::VideoAvailable { available, .. } => m
+            .availability_events
+            .with_label_values(&["video", if *available { "true" } else { "false" }])
+            .inc(),
+        _ => {}
+    }
+}
+
+fn apply(model: &mut CallModel, shared: &Shared, input: Input) {
     let now = Instant::now().into_std();
     match input {
         Input::Login { conn, id, user } => model.login(now, conn, id, user),
@@ -135,7 +186,10 @@ fn apply(model: &mut CallModel, input: Input) {
             call_id,
             audience,
             notification,
-        } => model.media_notify(&call_id, &audience, notification),
+        } => {
+            observe(shared, &call_id, &notification);
+            model.media_notify(&call_id, &audience, notification)
+        }
     }
 }
 
@@ -224,7 +278,11 @@ fn record(shared: &Shared, workers: &mut Workers, event: CallEvent) {
             call_id,
             group,
             media,
+            members,
         } => {
+            shared
+                .records()
+                .started(&call_id, group, media, &members, unix_ms());
             let kind = if group { "group" } else { "1v1" };
             m.calls_started
                 .with_label_values(&[kind, media.into()])
@@ -246,13 +304,30 @@ fn record(shared: &Shared, workers: &mut Workers, event: CallEvent) {
                 },
             );
         }
-        CallEvent::Answered { setup, .. } => m.call_setup_seconds.observe(setup.as_secs_f64()),
+        CallEvent::Answered {
+            call_id,
+            user,
+            setup,
+        } => {
+            m.call_setup_seconds.observe(setup.as_secs_f64());
+            shared
+                .records()
+                .answered(&call_id, &user, setup.as_secs_f64());
+        }
         CallEvent::Ended {
             call_id,
             reason,
             answered,
             duration,
         } => {
+            let record = shared
+                .records()
+                .ended(&call_id, reason, answered, unix_ms());
+            if let (Some(record), Some(cdr)) = (record, &shared.cdr)
+                && let Ok(line) = serde_json::to_string(&record)
+            {
+                let _ = cdr.send(line);
+            }
             let answered = if answered { "true" } else { "false" };
             m.calls_ended
                 .with_label_values(&[reason.into(), answered])

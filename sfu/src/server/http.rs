@@ -3,9 +3,15 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::unix_now;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,6 +23,8 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
+        .route("/api/calls", get(list_calls))
+        .route("/api/calls/{id}", get(get_call))
         .with_state(shared)
 }
 
@@ -31,6 +39,83 @@ async fn ws(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> impl Int
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(socket, shared))
+}
+
+/// Most records one `GET /api/calls` returns.
+const MAX_LIMIT: usize = 1000;
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    let mut r = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(v) = header::HeaderValue::from_str("Bearer")
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// The call records API needs a token with `admin: true` as `Authorization: Bearer`.
+fn admin(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::UNAUTHORIZED,
+                "an admin bearer token is required",
+            )
+        })?;
+    let claims = shared
+        .auth
+        .verify(token.trim(), unix_now())
+        .map_err(|e| api_error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
+    if !claims.admin {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "the token is not an admin token",
+        ));
+    }
+    Ok(())
+}
+
+async fn list_calls(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = admin(&shared, &headers) {
+        return r;
+    }
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "limit must be an integer from 1 to 1000",
+            );
+        }
+    };
+    let calls = shared.records().recent(limit);
+    Json(json!({ "calls": calls })).into_response()
+}
+
+async fn get_call(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = admin(&shared, &headers) {
+        return r;
+    }
+    match shared.records().get(&id) {
+        Some(record) => Json(record.clone()).into_response(),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "no record of that call (it may still be running)",
+        ),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

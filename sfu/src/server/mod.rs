@@ -21,6 +21,7 @@ use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::directory::{CallDirectory, LocalDirectory, Sessions};
 use crate::metrics::Metrics;
+use crate::records::CallRecorder;
 use crate::signaling::{ConnId, ModelConfig};
 
 pub(crate) use actor::Input;
@@ -34,10 +35,20 @@ pub(crate) struct Shared {
     pub directory: Arc<dyn CallDirectory>,
     pub actor: mpsc::Sender<Input>,
     pub shutdown: watch::Receiver<bool>,
+    /// Finished call records (admin API) and the CDR file writer, if any.
+    pub records: std::sync::Mutex<CallRecorder>,
+    pub cdr: Option<std::sync::mpsc::Sender<String>>,
     next_conn: AtomicU64,
 }
 
 impl Shared {
+    /// The call records; a poisoned lock (a panic elsewhere) still yields the data.
+    pub fn records(&self) -> std::sync::MutexGuard<'_, CallRecorder> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn next_conn(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -128,6 +139,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         instance: instance_id(),
         ice_servers: Vec::new(),
     };
+    let cfg_records = cfg.call_records;
+    let cdr = match &cfg.cdr_file {
+        Some(path) => Some(cdr_writer(path)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         auth: Auth::new(cfg.jwt_secret.as_bytes()),
         cfg,
@@ -136,6 +152,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         directory: Arc::new(LocalDirectory::default()),
         actor: actor_tx,
         shutdown: shutdown_rx.clone(),
+        records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
+        cdr,
         next_conn: AtomicU64::new(0),
     });
 
@@ -176,6 +194,28 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Appends call records as JSON lines from a thread of its own (file I/O never blocks the
+/// driver). The file is opened now so a bad path fails at start.
+fn cdr_writer(path: &std::path::Path) -> anyhow::Result<std::sync::mpsc::Sender<String>> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open --cdr-file {}", path.display()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("sfu-cdr".into())
+        .spawn(move || {
+            for line in rx {
+                if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
+                    tracing::error!(error = %e, "cannot append to the CDR file");
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// A short random prefix that makes session and call ids unique across restarts.

@@ -65,9 +65,15 @@ pub enum CallEvent {
         call_id: String,
         group: bool,
         media: Media,
+        /// The caller and the callees invited by `call`.
+        members: Vec<String>,
     },
-    /// A callee accepted, `setup` after their invite.
-    Answered { call_id: String, setup: Duration },
+    /// `user` accepted, `setup` after their invite.
+    Answered {
+        call_id: String,
+        user: String,
+        setup: Duration,
+    },
     Ended {
         call_id: String,
         reason: EndReason,
@@ -693,10 +699,13 @@ impl CallModel {
         if let Some(u) = self.users.get_mut(me) {
             u.calls.push(call_id.clone());
         }
+        let mut members = vec![me.to_string()];
+        members.extend(p.to.iter().cloned());
         self.out.push_back(Output::Event(CallEvent::Started {
             call_id: call_id.clone(),
             group: p.group,
             media: p.media,
+            members,
         }));
         for callee in &p.to {
             self.add_invitee(now, &call_id, me, callee, &p.to);
@@ -823,6 +832,7 @@ impl CallModel {
         let others = Self::audience(call, me);
         self.out.push_back(Output::Event(CallEvent::Answered {
             call_id: call_id.to_string(),
+            user: me.to_string(),
             setup,
         }));
         let (cid, user) = (call_id.to_string(), me.to_string());
