@@ -54,29 +54,27 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     r
 }
 
-/// The call records API needs a token with `admin: true` as `Authorization: Bearer`.
-fn admin(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
-    let token = headers
+/// The call records API needs a token with `admin: true` as `Authorization: Bearer`; returns
+/// the refusal, if any.
+fn refuse_non_admin(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            api_error(
-                StatusCode::UNAUTHORIZED,
-                "an admin bearer token is required",
-            )
-        })?;
-    let claims = shared
-        .auth
-        .verify(token.trim(), unix_now())
-        .map_err(|e| api_error(StatusCode::UNAUTHORIZED, &e.to_string()))?;
-    if !claims.admin {
-        return Err(api_error(
+    else {
+        return Some(api_error(
+            StatusCode::UNAUTHORIZED,
+            "an admin bearer token is required",
+        ));
+    };
+    match shared.auth.verify(token.trim(), unix_now()) {
+        Err(e) => Some(api_error(StatusCode::UNAUTHORIZED, &e.to_string())),
+        Ok(claims) if !claims.admin => Some(api_error(
             StatusCode::FORBIDDEN,
             "the token is not an admin token",
-        ));
+        )),
+        Ok(_) => None,
     }
-    Ok(())
 }
 
 async fn list_calls(
@@ -84,7 +82,7 @@ async fn list_calls(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = admin(&shared, &headers) {
+    if let Some(r) = refuse_non_admin(&shared, &headers) {
         return r;
     }
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
@@ -106,7 +104,7 @@ async fn get_call(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = admin(&shared, &headers) {
+    if let Some(r) = refuse_non_admin(&shared, &headers) {
         return r;
     }
     match shared.records().get(&id) {
