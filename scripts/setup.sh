@@ -6,6 +6,9 @@ set -euo pipefail
 need_apt=()
 # C toolchain for crates with C parts (aws-lc-sys builds with cc).
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# cmake builds the bundled libopus (opus crate: Opus decoding for volume without the
+# audio-level extension, and the loadtest's encoder).
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 # System CA certificates for HTTPS push webhooks.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 

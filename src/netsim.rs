@@ -54,6 +54,8 @@ pub struct Client {
     pub sending: bool,
     /// RFC 6464 level (−dBov) written on every audio packet.
     pub level: u8,
+    /// When set, audio is real Opus of a tone at `level` and carries no audio-level extension.
+    pub opus: Option<opus::Encoder>,
 }
 
 impl Client {
@@ -80,6 +82,7 @@ impl Client {
             recv_mids: Vec::new(),
             sending: true,
             level: 30,
+            opus: None,
         }
     }
 
@@ -325,11 +328,30 @@ impl World {
                 let mut payload = vec![c.index, k_byte];
                 payload.extend_from_slice(&n.to_be_bytes());
                 payload.resize(if kind == MediaKind::Audio { 80 } else { 900 }, 0);
-                let ext = ExtensionValues {
+                let mut ext = ExtensionValues {
                     audio_level: Some(-(c.level.min(127) as i8)),
                     voice_activity: Some(true),
                     ..Default::default()
                 };
+                if kind == MediaKind::Audio
+                    && let Some(enc) = c.opus.as_mut()
+                {
+                    // Real Opus of a 440 Hz tone at the client's level, and no extension.
+                    let amplitude = 10f64.powf(-(f64::from(c.level) - 3.0) / 20.0);
+                    let pcm: Vec<i16> = (0..960u64)
+                        .map(|i| {
+                            let t = (n * 960 + i) as f64 / 48_000.0;
+                            let s = (2.0 * std::f64::consts::PI * 440.0 * t).sin();
+                            (amplitude * 32767.0 * s) as i16
+                        })
+                        .collect();
+                    let mut out = [0u8; 1500];
+                    if let Ok(len) = enc.encode(&pcm, &mut out) {
+                        payload = out[..len].to_vec();
+                    }
+                    ext.audio_level = None;
+                    ext.voice_activity = None;
+                }
                 let ts = if kind == MediaKind::Audio {
                     (n * 960) as u32
                 } else {

@@ -249,6 +249,30 @@ fn availability_follows_publication_stalls_and_mute() {
 }
 
 #[test]
+fn publishers_without_the_level_extension_are_measured_from_their_opus() {
+    let mut w = World::new();
+    w.join("alice", &[MediaKind::Audio]);
+    w.join("bob", &[MediaKind::Audio]);
+    w.clients[0].level = 30;
+    w.clients[0].opus =
+        Some(opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap());
+    w.clients[1].level = 127;
+    w.run(Duration::from_secs(3));
+    let since = w.now;
+    w.run(Duration::from_secs(3));
+    let v = volumes(&w, since);
+    assert!(v.len() >= 9, "{v:?}");
+    for (members, _) in &v {
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0].0, "alice");
+        assert!(
+            (47..=53).contains(&members[0].1),
+            "decoded level -> {members:?}"
+        );
+    }
+}
+
+#[test]
 fn muted_members_are_not_heard_in_volume() {
     let mut w = World::new();
     w.join("alice", &[MediaKind::Audio]);

@@ -25,6 +25,7 @@ use analytics::volume::energy;
 use analytics::{Availability, AvailabilityConfig, Jitter, VolumeAggregator, WindowLoss};
 
 use super::forward::SeqRebase;
+use super::level::{DECODE_AFTER, OpusLevel};
 use crate::protocol::{Notification, QualityDirection, UserVolume};
 
 /// Index of a Peer in its worker, with a generation so stale timers and routes are ignored.
@@ -143,6 +144,10 @@ struct TrackIn {
     loss: WindowLoss,
     availability: Availability,
     last_ts: Option<u32>,
+    /// Consecutive audio packets without the audio-level extension, and the Opus decoder
+    /// that measures the level once there were enough of them.
+    no_level_ext: u32,
+    meter: Option<OpusLevel>,
 }
 
 impl TrackIn {
@@ -164,7 +169,24 @@ impl TrackIn {
             loss: WindowLoss::default(),
             availability,
             last_ts: None,
+            no_level_ext: 0,
+            meter: None,
         }
+    }
+
+    /// The packet's level (−dBov): from the RFC 6464 extension, or by decoding the Opus of a
+    /// publisher that does not send it.
+    fn audio_level(&mut self, pkt: &RtpPacket) -> Option<u8> {
+        if let Some(l) = pkt.header.ext_vals.audio_level {
+            self.no_level_ext = 0;
+            self.meter = None;
+            return Some(l.unsigned_abs().min(127));
+        }
+        self.no_level_ext = self.no_level_ext.saturating_add(1);
+        if self.no_level_ext >= DECODE_AFTER && self.meter.is_none() {
+            self.meter = OpusLevel::new();
+        }
+        self.meter.as_mut()?.level(&pkt.payload)
     }
 
     /// Books one new packet: loss counters, jitter, availability. Returns an availability
@@ -1047,8 +1069,7 @@ impl MediaCore {
                                 }
                                 let speaking =
                                     kind == MediaKind::Audio && !peer.audio_muted && !peer.held;
-                                if speaking && let Some(level) = pkt.header.ext_vals.audio_level {
-                                    let level = level.unsigned_abs().min(127);
+                                if speaking && let Some(level) = t.audio_level(&pkt) {
                                     peer.volume.0 += energy(level) * duration.as_secs_f64();
                                     peer.volume.1 += duration.as_secs_f64();
                                 }

@@ -3,5 +3,6 @@
 
 pub mod core;
 pub mod forward;
+pub mod level;
 
 pub use self::core::{Audience, MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
