@@ -107,10 +107,10 @@ pub fn mos_from_r(r: f64) -> f64 {
     mos.clamp(1.0, 4.5)
 }
 
-/// The MOS of a window. NaN inputs give no sample; negative RTT or jitter count as 0; loss is
-/// clamped to [0, 1]; infinite delay or loss gives the worst score.
+/// The MOS of a window. NaN or infinite inputs give no sample (never a number); negative RTT
+/// or jitter count as 0; loss is clamped to [0, 1].
 pub fn sample(c: Conditions, fec: bool) -> Option<Sample> {
-    if c.rtt_ms.is_nan() || c.jitter_ms.is_nan() || c.loss.is_nan() {
+    if !(c.rtt_ms.is_finite() && c.jitter_ms.is_finite() && c.loss.is_finite()) {
         return None;
     }
     let rtt = c.rtt_ms.max(0.0);
@@ -185,7 +185,6 @@ mod tests {
             (50.0, -10.0, 0.0, 4.38),
             (50.0, 5.0, -5.0, 4.38),
             (50.0, 5.0, 150.0, 1.07),
-            (f64::INFINITY, 5.0, 0.0, 1.00),
         ] {
             let got = mos(rtt, j, loss);
             assert!(
@@ -207,11 +206,14 @@ mod tests {
     }
 
     #[test]
-    fn nan_gives_no_sample() {
+    fn nan_and_infinite_give_no_sample() {
         for c in [
             (f64::NAN, 5.0, 0.0),
             (50.0, f64::NAN, 0.0),
             (50.0, 5.0, f64::NAN),
+            (f64::INFINITY, 5.0, 0.0),
+            (50.0, f64::NEG_INFINITY, 0.0),
+            (50.0, 5.0, f64::INFINITY),
         ] {
             let c = Conditions {
                 rtt_ms: c.0,
