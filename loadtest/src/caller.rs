@@ -1,0 +1,630 @@
+//! One virtual SDK caller: logs in over the signaling protocol, places or answers a call as
+//! planned, negotiates media (one offer, then answers to the server's offers), runs a str0m
+//! client over real UDP sending real Opus (and VP8-shaped video), and measures what it
+//! receives: who it hears, loss, jitter, latency, setup time, the server's volume and quality.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use analytics::Jitter;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::audio::{Frame, ToneDetector};
+use crate::impair::{Impairer, Impairment};
+use crate::report::CallerResult;
+
+/// What a callee does when invited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Accept,
+    Reject,
+    Ignore,
+}
+
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Call `to` after `delay`.
+    Caller {
+        to: Vec<String>,
+        group: bool,
+        delay: Duration,
+    },
+    Callee {
+        answer: Answer,
+    },
+}
+
+/// Everything one virtual caller needs.
+#[derive(Clone)]
+pub struct Plan {
+    pub user: String,
+    pub token: String,
+    pub role: Role,
+    /// This caller's tone slot in its call, and the slots of the peers it must hear.
+    pub slot: usize,
+    pub expected: Vec<(String, usize)>,
+    pub frames: Arc<Vec<Frame>>,
+}
+
+/// Settings shared by every caller of a run.
+#[derive(Clone)]
+pub struct Shared {
+    pub url: String,
+    pub video: bool,
+    /// Media time once connected.
+    pub talk_for: Duration,
+    /// How long a caller waits for an answer before giving up, and a callee for an invite.
+    pub wait: Duration,
+    pub impairment: Impairment,
+    /// The clock RTP timestamps are taken from, for one-way latency.
+    pub epoch: Instant,
+    pub slots: usize,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Signal {
+    ws: Ws,
+    next_id: u64,
+    queue: VecDeque<Value>,
+}
+
+impl Signal {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timeout"))??;
+        Ok(Self {
+            ws,
+            next_id: 0,
+            queue: VecDeque::new(),
+        })
+    }
+
+    async fn send(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
+        self.next_id += 1;
+        let frame =
+            json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        self.ws.send(Message::text(frame.to_string())).await?;
+        Ok(self.next_id)
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Value> {
+        if let Some(v) = self.queue.pop_front() {
+            return Ok(v);
+        }
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(f))) => anyhow::bail!("signaling closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("signaling closed"),
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response; notifications meanwhile are queued.
+    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.send(method, params).await?;
+        let mut held = Vec::new();
+        let result = loop {
+            let v = tokio::time::timeout(Duration::from_secs(10), self.next_raw())
+                .await
+                .map_err(|_| anyhow::anyhow!("{method}: no response"))??;
+            if v.get("id").and_then(Value::as_u64) == Some(id) {
+                break match v.get("error") {
+                    Some(e) => Err(anyhow::anyhow!("{method}: error {}", e["code"])),
+                    None => Ok(v["result"].clone()),
+                };
+            }
+            if v.get("method").is_some() {
+                held.push(v);
+            }
+        };
+        self.queue.extend(held);
+        result
+    }
+
+    async fn next_raw(&mut self) -> anyhow::Result<Value> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(f))) => anyhow::bail!("signaling closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("signaling closed"),
+            }
+        }
+    }
+}
+
+/// Runs one caller to the end; never panics, reports errors in the result.
+pub async fn run(shared: Arc<Shared>, plan: Plan) -> CallerResult {
+    let mut r = CallerResult {
+        user: plan.user.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = run_inner(&shared, &plan, &mut r).await {
+        let kind = e.to_string();
+        let kind = kind.split(':').next().unwrap_or("error").to_string();
+        r.errors.push(kind);
+        if r.outcome.is_empty() {
+            r.outcome = "failed".into();
+        }
+    }
+    r
+}
+
+async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow::Result<()> {
+    let mut sig = Signal::connect(&shared.url).await?;
+    sig.request("login", json!({ "token": plan.token })).await?;
+    match &plan.role {
+        Role::Caller { to, group, delay } => {
+            tokio::time::sleep(*delay).await;
+            let kind = if shared.video { "video" } else { "audio" };
+            let t_call = Instant::now();
+            let res = sig
+                .request("call", json!({"to": to, "media": kind, "group": group}))
+                .await?;
+            let call_id = res["call_id"].as_str().unwrap_or_default().to_string();
+            let deadline = tokio::time::Instant::now() + shared.wait;
+            loop {
+                let n = match tokio::time::timeout_at(deadline, sig.next()).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        r.outcome = "no_answer".into();
+                        sig.request("hangup", json!({ "call_id": call_id })).await?;
+                        return Ok(());
+                    }
+                };
+                match n["method"].as_str().unwrap_or("") {
+                    "accepted" => {
+                        r.outcome = "connected".into();
+                        r.setup_accept_ms = Some(t_call.elapsed().as_secs_f64() * 1000.0);
+                        break;
+                    }
+                    "rejected" if !group => r.outcome = "rejected".into(),
+                    "busy" if !group => r.outcome = "busy".into(),
+                    "no_response" if !group => r.outcome = "no_answer".into(),
+                    "call_end" => {
+                        if r.outcome.is_empty() {
+                            r.outcome = n["params"]["reason"].as_str().unwrap_or("ended").into();
+                        }
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            media(shared, plan, &mut sig, &call_id, Some(t_call), r).await?;
+            let _ = sig.request("hangup", json!({ "call_id": call_id })).await;
+        }
+        Role::Callee { answer } => {
+            let deadline = tokio::time::Instant::now() + shared.wait;
+            let call_id = loop {
+                let n = tokio::time::timeout_at(deadline, sig.next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("never invited"))??;
+                if n["method"] == "invited" {
+                    break n["params"]["call_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            };
+            match answer {
+                Answer::Reject => {
+                    r.outcome = "rejected_by_me".into();
+                    sig.request("reject", json!({ "call_id": call_id })).await?;
+                }
+                Answer::Ignore => {
+                    r.outcome = "ignored".into();
+                    // Wait for the server's timeout (or the caller's cancel).
+                    let _ = tokio::time::timeout(shared.wait, async {
+                        while let Ok(n) = sig.next().await {
+                            if matches!(n["method"].as_str(), Some("invite_timeout" | "cancelled"))
+                            {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                Answer::Accept => {
+                    r.outcome = "answered".into();
+                    sig.request("accept", json!({ "call_id": call_id })).await?;
+                    media(shared, plan, &mut sig, &call_id, None, r).await?;
+                    let _ = sig.send("hangup", json!({ "call_id": call_id })).await;
+                }
+            }
+        }
+    }
+    let _ = sig.ws.close(None).await;
+    Ok(())
+}
+
+/// What one receiver tracks of one incoming stream.
+struct Incoming {
+    kind: MediaKind,
+    first: u64,
+    highest: u64,
+    received: u64,
+    jitter: Jitter,
+    tone: Option<ToneDetector>,
+}
+
+/// The media session: offer, send for `talk_for`, receive, answer server offers, measure.
+async fn media(
+    shared: &Shared,
+    plan: &Plan,
+    sig: &mut Signal,
+    call_id: &str,
+    t_call: Option<Instant>,
+    r: &mut CallerResult,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+    let server_ip = server_ip(&shared.url).await?;
+    // Bind like the server will see us: the local address toward the server.
+    socket.connect((server_ip, 9)).await.ok();
+    let local: SocketAddr = match socket.local_addr() {
+        Ok(a) if !a.ip().is_unspecified() => a,
+        _ => SocketAddr::new(
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            socket.local_addr()?.port(),
+        ),
+    };
+    let socket = {
+        // Re-bind on the concrete address (a connected socket would only talk to port 9).
+        drop(socket);
+        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
+    };
+    let local = socket.local_addr()?;
+    let start = Instant::now();
+    let mut rtc: Rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .set_rtcp_report_interval_audio(Duration::from_secs(1))
+        .build(start);
+    rtc.add_local_candidate(
+        Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
+    );
+    let mut api = rtc.sdp_api();
+    let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let video_mid: Option<Mid> = shared
+        .video
+        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| anyhow::anyhow!("offer: nothing to offer"))?;
+    let answer = sig
+        .request(
+            "offer",
+            json!({"call_id": call_id, "sdp": offer.to_sdp_string()}),
+        )
+        .await?;
+    let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+
+    let mut imp = Impairer::new(shared.impairment, seed(&plan.user));
+    let mut streams: HashMap<Ssrc, Incoming> = HashMap::new();
+    let mut named_in_volume: BTreeSet<String> = BTreeSet::new();
+    let mut first_media: Option<Instant> = None;
+    let mut talk_end: Option<tokio::time::Instant> = None;
+    let mut ended = false;
+    let mut seq_a = 0u64;
+    let mut seq_v = 0u64;
+    let mut frame_i = 0usize;
+    let mut next_audio = tokio::time::Instant::now();
+    let mut next_video = next_audio;
+    let mut keyframe_due = true;
+    let mut last_keyframe = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+
+    loop {
+        // Drain str0m.
+        let timeout = loop {
+            let out = rtc
+                .poll_output()
+                .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+            match out {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let now = Instant::now();
+                    let data = t.contents.to_vec();
+                    let send = if rtc.is_connected() && !shared.impairment.is_none() {
+                        imp.push(now, t.destination, data)
+                    } else {
+                        Some(data)
+                    };
+                    if let Some(d) = send {
+                        let _ = socket.try_send_to(&d, t.destination);
+                    }
+                }
+                Output::Event(Event::RtpPacket(p)) => {
+                    let now = Instant::now();
+                    if first_media.is_none() {
+                        first_media = Some(now);
+                        if let Some(t) = t_call {
+                            r.setup_media_ms = Some(now.duration_since(t).as_secs_f64() * 1000.0);
+                        }
+                    }
+                    let kind = if *p.header.payload_type == opus_pt(&rtc) {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    };
+                    let s = streams.entry(p.header.ssrc).or_insert_with(|| Incoming {
+                        kind,
+                        first: *p.seq_no,
+                        highest: *p.seq_no,
+                        received: 0,
+                        jitter: Jitter::new(if kind == MediaKind::Audio {
+                            48_000
+                        } else {
+                            90_000
+                        }),
+                        tone: (kind == MediaKind::Audio)
+                            .then(|| ToneDetector::new(shared.slots).ok())
+                            .flatten(),
+                    });
+                    s.received += 1;
+                    if *p.seq_no > s.highest {
+                        s.highest = *p.seq_no;
+                    }
+                    s.jitter.on_packet(p.timestamp, p.header.timestamp);
+                    if kind == MediaKind::Audio {
+                        if let Some(t) = s.tone.as_mut() {
+                            t.push(&p.payload);
+                        }
+                        // Sent at epoch + ts/48 kHz (the SFU keeps timestamps).
+                        let sent_us = u64::from(p.header.timestamp) * 1000 / 48;
+                        let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+                        let wrapped = (now_us % (u64::from(u32::MAX) * 1000 / 48)) as i64;
+                        let lat = (wrapped - sent_us as i64) as f64 / 1000.0;
+                        if (0.0..10_000.0).contains(&lat) {
+                            r.latency_ms.push(lat);
+                        }
+                    }
+                }
+                Output::Event(Event::KeyframeRequest(_)) => keyframe_due = true,
+                Output::Event(_) => {}
+            }
+        };
+        let now = tokio::time::Instant::now();
+        if ended || talk_end.is_some_and(|t| now >= t) {
+            break;
+        }
+        if talk_end.is_none() && rtc.is_connected() {
+            talk_end = Some(now + shared.talk_for);
+        }
+        if talk_end.is_none() && now >= setup_deadline {
+            anyhow::bail!("media: not connected within 20 s");
+        }
+        let sending = rtc.is_connected();
+        let mut wake =
+            tokio::time::Instant::from_std(timeout).min(now + Duration::from_millis(100));
+        if sending {
+            wake = wake.min(next_audio);
+            if video_mid.is_some() {
+                wake = wake.min(next_video);
+            }
+        }
+        if let Some(d) = imp.next_due() {
+            wake = wake.min(tokio::time::Instant::from_std(d));
+        }
+        tokio::select! {
+            res = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = res
+                    && let Ok(contents) = buf[..n].try_into()
+                {
+                    let input = Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: local,
+                        contents,
+                    });
+                    if rtc.accepts(&input) {
+                        rtc.handle_input(input).map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                    }
+                }
+            }
+            frame = sig.next() => {
+                let frame = frame?;
+                match frame["method"].as_str() {
+                    Some("offer") => {
+                        let sdp = frame["params"]["sdp"].as_str().unwrap_or_default();
+                        let offer = SdpOffer::from_sdp_string(sdp)
+                            .map_err(|e| anyhow::anyhow!("server offer: {e}"))?;
+                        let answer = rtc
+                            .sdp_api()
+                            .accept_offer(offer)
+                            .map_err(|e| anyhow::anyhow!("server offer: {e}"))?;
+                        sig.send("answer", json!({"call_id": call_id, "sdp": answer.to_sdp_string()}))
+                            .await?;
+                    }
+                    Some("quality") if frame["params"]["user"] == plan.user.as_str() => {
+                        let p = &frame["params"];
+                        if let Some(mos) = p["mos"].as_f64() {
+                            if p["direction"] == "up" { r.mos_up.push(mos) } else { r.mos_down.push(mos) }
+                        }
+                        if let Some(l) = p["quality"].as_str() {
+                            *r.levels.entry(l.to_string()).or_default() += 1;
+                        }
+                    }
+                    Some("volume") => {
+                        if let Some(v) = frame["params"]["volumes"].as_array() {
+                            for u in v.iter().filter_map(|x| x["user"].as_str()) {
+                                named_in_volume.insert(u.to_string());
+                            }
+                        }
+                    }
+                    Some("call_end") => ended = true,
+                    None if frame.get("error").is_some() => {
+                        r.errors.push(format!("signaling error {}", frame["error"]["code"]));
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let now_std = Instant::now();
+        rtc.handle_input(Input::Timeout(now_std))
+            .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+        while let Some((to, d)) = imp.due(now_std) {
+            let _ = socket.try_send_to(&d, to);
+        }
+        let now = tokio::time::Instant::now();
+        if sending && now >= next_audio {
+            next_audio += Duration::from_millis(20);
+            let frame = &plan.frames[frame_i % plan.frames.len()];
+            frame_i += 1;
+            seq_a += 1;
+            let pt = opus_pt(&rtc);
+            let ts = rtp_ts(shared.epoch, now_std, 48);
+            let ext = ExtensionValues {
+                audio_level: Some(-(frame.level.min(127) as i8)),
+                voice_activity: Some(frame.talking),
+                ..Default::default()
+            };
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(audio_mid, None) {
+                tx.write_rtp(
+                    RtpWrite::new(pt.into(), seq_a.into(), ts, now_std, frame.opus.clone())
+                        .marker(frame_i == 1)
+                        .ext_vals(ext),
+                );
+            }
+        }
+        if sending
+            && let Some(mid) = video_mid
+            && now >= next_video
+        {
+            next_video += Duration::from_millis(33);
+            seq_v += 1;
+            if last_keyframe.elapsed() >= Duration::from_secs(3) {
+                keyframe_due = true;
+            }
+            let key = std::mem::take(&mut keyframe_due);
+            if key {
+                last_keyframe = Instant::now();
+            }
+            // VP8 payload descriptor (S=1, partition 0) + a frame tag whose P bit says keyframe.
+            let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
+            payload.resize(if key { 1100 } else { 600 }, 0x5a);
+            let pt = vp8_pt(&rtc);
+            let ts = rtp_ts(shared.epoch, now_std, 90);
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.write_rtp(
+                    RtpWrite::new(pt.into(), seq_v.into(), ts, now_std, payload)
+                        .marker(true)
+                        .nackable(true),
+                );
+            }
+        }
+    }
+
+    // Verification: exactly the expected peers on the audio streams, never ourselves.
+    let audio: Vec<&Incoming> = streams
+        .values()
+        .filter(|s| s.kind == MediaKind::Audio)
+        .collect();
+    for s in streams.values() {
+        r.packets_expected += s.highest - s.first + 1;
+        r.packets_received += s.received;
+        r.jitter_ms.push(s.jitter.ms());
+    }
+    let heard: Vec<Option<usize>> = audio
+        .iter()
+        .map(|s| s.tone.as_ref().and_then(ToneDetector::heard))
+        .collect();
+    if heard.contains(&Some(plan.slot)) {
+        r.verification_failures.push("heard its own signal".into());
+    }
+    for (peer, slot) in &plan.expected {
+        if !heard.contains(&Some(*slot)) {
+            r.verification_failures.push(format!("did not hear {peer}"));
+        }
+    }
+    let expected_slots: BTreeSet<usize> = plan.expected.iter().map(|(_, s)| *s).collect();
+    for h in heard.iter().flatten() {
+        if *h != plan.slot && !expected_slots.contains(h) {
+            r.verification_failures
+                .push(format!("heard an unexpected signal (slot {h})"));
+        }
+    }
+    if audio.len() != plan.expected.len() {
+        r.verification_failures.push(format!(
+            "received {} audio streams, expected {}",
+            audio.len(),
+            plan.expected.len()
+        ));
+    }
+    if !plan.expected.is_empty() {
+        let all = plan
+            .expected
+            .iter()
+            .all(|(p, _)| named_in_volume.contains(p));
+        r.heard_speakers_in_volume = Some(all);
+        if !all {
+            r.verification_failures
+                .push("volume notifications did not name every talking peer".into());
+        }
+    }
+    Ok(())
+}
+
+fn rtp_ts(epoch: Instant, now: Instant, khz: u64) -> u32 {
+    (now.saturating_duration_since(epoch).as_micros() as u64 * khz / 1000) as u32
+}
+
+fn opus_pt(rtc: &Rtc) -> u8 {
+    rtc.codec_config()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .map_or(111, |p| *p.pt())
+}
+
+fn vp8_pt(rtc: &Rtc) -> u8 {
+    rtc.codec_config()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .map_or(96, |p| *p.pt())
+}
+
+fn seed(user: &str) -> u64 {
+    user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The server's IP, to pick the local interface that reaches it.
+async fn server_ip(url: &str) -> anyhow::Result<std::net::IpAddr> {
+    let rest = url
+        .split("://")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("url: expected ws://HOST:PORT/ws"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let addr = tokio::net::lookup_host(hostport)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("url: cannot resolve {hostport}"))?;
+    Ok(addr.ip())
+}
