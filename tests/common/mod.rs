@@ -27,21 +27,28 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// never exercises a stale server.
 pub fn sfu_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "sfu", "--bin", "sfu"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p sfu failed");
-        dir.join(format!("sfu{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_bin("sfu")).clone()
+}
+
+/// Path of the `loadtest` binary, built like [`sfu_bin`].
+pub fn loadtest_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("loadtest")).clone()
+}
+
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A running `sfu serve --dev` with ephemeral ports.

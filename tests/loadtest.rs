@@ -1,0 +1,175 @@
+//! `loadtest` against the real `sfu`: the JSON report of short 1v1 and group runs (every call
+//! connected, every receiver heard exactly the right peers, no loss on loopback), loss and MOS
+//! under `--loss 0.05` as the E-model says, a callee mix counted right, and a deliberately
+//! wrong expectation that makes the run fail.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::Server;
+use serde_json::Value;
+
+/// Runs loadtest against `s`; returns its exit code and JSON report.
+async fn loadtest(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
+    let report: PathBuf =
+        std::env::temp_dir().join(format!("loadtest-{}-{name}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let out = tokio::process::Command::new(common::loadtest_bin())
+        .arg("--url")
+        .arg(s.ws_url())
+        .arg("--report")
+        .arg(&report)
+        .args(["--quiet", "--prefix", name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let _ = std::fs::remove_file(&report);
+    eprintln!("{name}:\n{stdout}");
+    assert!(stdout.contains("result:"), "summary printed");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn no_failures(r: &Value) {
+    assert_eq!(r["verification_failures"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_run_connects_everyone_and_verifies() {
+    let s = Server::start(&["--quality-interval", "2s"]).await;
+    let (code, r) = loadtest(&s, "pairs", &["--calls", "3", "--duration", "6s"]).await;
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["calls"]["connected"], 3);
+    assert_eq!(r["callers"], 6);
+    no_failures(&r);
+    assert!(
+        r["loss"].as_f64().unwrap() < 0.01,
+        "loopback loss {}",
+        r["loss"]
+    );
+    assert!(r["packets_received"].as_u64().unwrap() > 6 * 250);
+    assert_eq!(r["volume_named_speakers"]["yes"], 6);
+    assert!(r["setup_accept_ms"]["p95"].as_f64().unwrap() < 1000.0);
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() < 50.0);
+    assert!(r["mos_up"]["p50"].as_f64().unwrap() > 4.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_run_hears_every_member() {
+    let s = Server::start(&[]).await;
+    let (code, r) = loadtest(
+        &s,
+        "rooms",
+        &[
+            "--scenario",
+            "group",
+            "--group-size",
+            "4",
+            "--calls",
+            "1",
+            "--media",
+            "video",
+            "--duration",
+            "5s",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["calls"]["connected"], 1);
+    no_failures(&r);
+    assert!(r["loss"].as_f64().unwrap() < 0.01);
+    assert_eq!(r["volume_named_speakers"]["yes"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_loss_moves_loss_and_mos_as_the_e_model_says() {
+    let s = Server::start(&["--quality-interval", "2s"]).await;
+    let (_, r) = loadtest(
+        &s,
+        "lossy",
+        &["--calls", "2", "--duration", "14s", "--loss", "0.05"],
+    )
+    .await;
+    let loss = r["loss"].as_f64().unwrap();
+    assert!((0.03..0.075).contains(&loss), "loss {loss}");
+    let want = analytics::mos::sample(
+        analytics::mos::Conditions {
+            rtt_ms: 2.0,
+            jitter_ms: 1.0,
+            loss: 0.05,
+        },
+        true,
+    )
+    .unwrap()
+    .mos;
+    for dir in ["mos_up", "mos_down"] {
+        let got = r[dir]["p50"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 0.25,
+            "{dir} median {got}, E-model {want:.2}"
+        );
+    }
+    no_failures(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_mix_is_counted() {
+    let s = Server::start(&["--invite-timeout", "2s"]).await;
+    let (code, r) = loadtest(
+        &s,
+        "mix",
+        &[
+            "--calls",
+            "5",
+            "--duration",
+            "4s",
+            "--reject",
+            "0.2",
+            "--no-answer",
+            "0.2",
+            "--busy",
+            "0.2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        r["calls"],
+        serde_json::json!({"connected": 2, "rejected": 1, "no_answer": 1, "busy": 1}),
+        "{r:#}"
+    );
+    no_failures(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_expectation_fails_the_run() {
+    let s = Server::start(&[]).await;
+    let (code, r) = loadtest(
+        &s,
+        "phantom",
+        &["--calls", "1", "--duration", "3s", "--expect-phantom-peer"],
+    )
+    .await;
+    assert_eq!(code, 1, "verification failures exit non-zero");
+    assert_eq!(r["passed"], false);
+    let failures = r["verification_failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("did not hear phantom")),
+        "{failures:?}"
+    );
+}
