@@ -92,6 +92,10 @@ async fn group_run_hears_every_member() {
     no_failures(&r);
     assert!(r["loss"].as_f64().unwrap() < 0.01);
     assert_eq!(r["volume_named_speakers"]["yes"], 4);
+    assert!(
+        r["toggles"].as_u64().unwrap() >= 4,
+        "mute toggles were sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,13 @@ pub struct Shared {
     /// The clock RTP timestamps are taken from, for one-way latency.
     pub epoch: Instant,
     pub slots: usize,
+    /// Mute / hold toggles (zero = never), each lasting [`TOGGLE_FOR`].
+    pub mute_every: Duration,
+    pub hold_every: Duration,
 }
+
+/// How long a mute or hold toggle lasts.
+pub const TOGGLE_FOR: Duration = Duration::from_secs(2);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -340,6 +346,12 @@ async fn media(
     let mut last_keyframe = Instant::now();
     let mut buf = vec![0u8; 2048];
     let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut muted = false;
+    let mut held = false;
+    let mut next_mute =
+        (!shared.mute_every.is_zero()).then(|| tokio::time::Instant::now() + shared.mute_every);
+    let mut next_hold =
+        (!shared.hold_every.is_zero()).then(|| tokio::time::Instant::now() + shared.hold_every);
 
     loop {
         // Drain str0m.
@@ -424,6 +436,9 @@ async fn media(
         let sending = rtc.is_connected();
         let mut wake =
             tokio::time::Instant::from_std(timeout).min(now + Duration::from_millis(100));
+        for t in [next_mute, next_hold].into_iter().flatten() {
+            wake = wake.min(t);
+        }
         if sending {
             wake = wake.min(next_audio);
             if video_mid.is_some() {
@@ -495,6 +510,33 @@ async fn media(
             let _ = socket.try_send_to(&d, to);
         }
         let now = tokio::time::Instant::now();
+        // Mute and hold toggles: on for TOGGLE_FOR, then off until the next period.
+        if let Some(t) = next_mute
+            && now >= t
+        {
+            muted = !muted;
+            sig.send("mute", json!({"call_id": call_id, "audio": muted}))
+                .await?;
+            r.toggles += 1;
+            next_mute = Some(now + if muted { TOGGLE_FOR } else { shared.mute_every });
+        }
+        if let Some(t) = next_hold
+            && now >= t
+        {
+            held = !held;
+            sig.send("hold", json!({"call_id": call_id, "held": held}))
+                .await?;
+            r.toggles += 1;
+            next_hold = Some(now + if held { TOGGLE_FOR } else { shared.hold_every });
+        }
+        if sending && (muted || held) && now >= next_audio {
+            // A muted microphone, or a call on hold, sends nothing.
+            next_audio += Duration::from_millis(20);
+            frame_i += 1;
+        }
+        if sending && held && now >= next_video {
+            next_video += Duration::from_millis(33);
+        }
         if sending && now >= next_audio {
             next_audio += Duration::from_millis(20);
             let frame = &plan.frames[frame_i % plan.frames.len()];

@@ -105,6 +105,12 @@ pub struct Args {
     /// Fixed extra delay on outgoing packets.
     #[arg(long, default_value = "0ms", value_parser = duration)]
     pub delay: Duration,
+    /// Every this often, each connected caller mutes its microphone for 2 s (0 = never).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub mute_every: Duration,
+    /// Every this often, each connected caller puts the call on hold for 2 s (0 = never).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub hold_every: Duration,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -148,6 +154,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         },
         epoch,
         slots: plan::MAX_SLOTS,
+        mute_every: args.mute_every,
+        hold_every: args.hold_every,
     });
     let bar = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(planned.len() as u64);

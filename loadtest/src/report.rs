@@ -28,6 +28,8 @@ pub struct CallerResult {
     pub errors: Vec<String>,
     /// Whether the server's volume notifications named every peer that was talking.
     pub heard_speakers_in_volume: Option<bool>,
+    /// Mute and hold toggles sent.
+    pub toggles: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -108,6 +110,7 @@ pub struct Report {
     pub mos_down: MosSummary,
     pub quality_levels: BTreeMap<String, u64>,
     pub volume_named_speakers: BTreeMap<String, usize>,
+    pub toggles: u64,
     pub verification_failures: Vec<String>,
     pub errors: BTreeMap<String, usize>,
     pub thresholds_breached: Vec<String>,
@@ -137,6 +140,7 @@ impl Report {
                 *r.calls.entry(c.outcome.clone()).or_default() += 1;
             }
             r.packets_expected += c.packets_expected;
+            r.toggles += c.toggles;
             r.packets_received += c.packets_received;
             for (k, v) in &c.levels {
                 *r.quality_levels.entry(k.clone()).or_default() += v;
