@@ -84,6 +84,8 @@ async fn group_run_hears_every_member() {
             "video",
             "--duration",
             "5s",
+            "--mute-every",
+            "2s",
         ],
     )
     .await;
