@@ -42,6 +42,18 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 500ms)"))
 }
 
+fn rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches("/s")
+        .parse()
+        .map_err(|e| format!("{e} (write a rate like 20 or 20/s)"))?;
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err("must be positive".into())
+    }
+}
+
 fn share(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if (0.0..=1.0).contains(&v) {
@@ -81,8 +93,8 @@ pub struct Args {
     /// Media time per connected call.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub duration: Duration,
-    /// Calls started per second.
-    #[arg(long, default_value_t = 10.0)]
+    /// Calls started per second (`20` or `20/s`).
+    #[arg(long, default_value = "10", value_parser = rate)]
     pub ramp: f64,
     /// Share of callees that reject.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
