@@ -9,6 +9,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # cmake builds the bundled libopus (opus crate: Opus decoding for volume without the
 # audio-level extension, and the loadtest's encoder).
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# Prometheus evaluates every Grafana panel's query against a live sfu in tests/grafana.rs.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # System CA certificates for HTTPS push webhooks.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 

@@ -216,12 +216,80 @@ impl Metrics {
         };
         let mut m = m;
         m.families = families.into_inner();
+        m.preinit();
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             must(m.registry.register(Box::new(pc)));
         }
         m
+    }
+
+    /// Creates every series with a bounded label set at zero, so they are exported (and
+    /// `rate()` works) before the first event.
+    fn preinit(&self) {
+        use strum::IntoEnumIterator;
+        for kind in ["1v1", "group"] {
+            for media in ["audio", "video"] {
+                self.calls_started.with_label_values(&[kind, media]);
+            }
+        }
+        for reason in crate::protocol::EndReason::iter() {
+            for answered in ["true", "false"] {
+                self.calls_ended
+                    .with_label_values(&[reason.into(), answered]);
+            }
+        }
+        for method in Method::iter() {
+            self.requests.with_label_values(&[method.as_str()]);
+        }
+        for cause in [
+            "client",
+            "idle",
+            "abuse",
+            "too_large",
+            "bad_utf8",
+            "replaced",
+            "slow",
+            "shutdown",
+            "error",
+        ] {
+            self.sessions_closed.with_label_values(&[cause]);
+        }
+        for result in ["ok", "error", "dropped"] {
+            self.push_webhooks.with_label_values(&[result]);
+        }
+        for stage in ["ice", "dtls"] {
+            self.peer_failures.with_label_values(&[stage]);
+        }
+        for direction in ["in", "out"] {
+            for kind in ["audio", "video"] {
+                self.rtp_packets.with_label_values(&[direction, kind]);
+                self.rtp_bytes.with_label_values(&[direction, kind]);
+            }
+        }
+        for direction in ["received", "sent"] {
+            self.keyframe_requests.with_label_values(&[direction]);
+        }
+        for reason in ["unrouted", "send_failed"] {
+            self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for direction in ["up", "down"] {
+            self.quality_mos.with_label_values(&[direction]);
+            self.quality_rtt_seconds.with_label_values(&[direction]);
+            self.quality_jitter_seconds.with_label_values(&[direction]);
+            self.quality_loss_ratio.with_label_values(&[direction]);
+            for level in analytics::Level::ALL {
+                self.quality_samples
+                    .with_label_values(&[direction, level.as_str()]);
+            }
+        }
+        for kind in ["audio", "video"] {
+            for available in ["true", "false"] {
+                self.availability_events
+                    .with_label_values(&[kind, available]);
+            }
+        }
     }
 
     /// Counts one response to a request.
