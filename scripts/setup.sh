@@ -11,6 +11,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 # Prometheus evaluates every Grafana panel's query against a live sfu in tests/grafana.rs.
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# The browser demo test: Debian's Chromium, and Node.js for playwright-core.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # System CA certificates for HTTPS push webhooks.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 
@@ -30,3 +33,10 @@ for comp in rustfmt clippy; do
     rustup component add "$comp"
   fi
 done
+
+# playwright-core for tests/browser (from the npm registry; no browser download).
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
+  echo "setup: installing playwright-core for the browser tests" >&2
+  (cd "$here/tests/browser" && npm ci --no-audit --no-fund --ignore-scripts)
+fi

@@ -590,3 +590,47 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
         assert_eq!(c.closed().await.0, common::Closed::Code(1001));
     }
 }
+
+#[tokio::test]
+async fn demo_page_and_dev_tokens() {
+    let s = Server::start(&[]).await;
+    let page = reqwest::get(format!("http://{}/", s.http)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("sfu demo"));
+    let js = reqwest::get(format!("http://{}/app.js", s.http))
+        .await
+        .unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let r: Value = reqwest::get(format!("http://{}/dev/token?user=dora", s.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut c = s.client().await;
+    let login = c
+        .request("login", json!({"token": r["token"]}))
+        .await
+        .unwrap();
+    assert_eq!(login["user"], "dora");
+    let bad = reqwest::get(format!("http://{}/dev/token?user=no%20way", s.http))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Outside --dev there is no token endpoint.
+    let prod = Server::start_prod(&[]).await;
+    let r = reqwest::get(format!("http://{}/dev/token?user=dora", prod.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let page = reqwest::get(format!("http://{}/", prod.http))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the demo page is served in every mode");
+}

@@ -61,10 +61,24 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Server {
+        Self::start_mode(true, extra).await
+    }
+
+    /// A production-mode server (secret `a-production-secret-0123`).
+    pub async fn start_prod(extra: &[&str]) -> Server {
+        Self::start_mode(false, extra).await
+    }
+
+    async fn start_mode(dev: bool, extra: &[&str]) -> Server {
+        let mode: &[&str] = if dev {
+            &["--dev"]
+        } else {
+            &["--jwt-secret", "a-production-secret-0123"]
+        };
         let mut child = Command::new(sfu_bin())
+            .arg("serve")
+            .args(mode)
             .args([
-                "serve",
-                "--dev",
                 "--http",
                 "127.0.0.1:0",
                 "--metrics",

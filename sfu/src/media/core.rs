@@ -252,6 +252,9 @@ enum OutState {
 /// Another member's track as this Peer receives it.
 struct TrackOut {
     source: PeerId,
+    /// The publishing member: our offer names it as the m-line's stream id (msid), so clients
+    /// know whose track it is.
+    source_user: String,
     source_mid: Mid,
     kind: MediaKind,
     state: OutState,
@@ -294,6 +297,13 @@ struct Peer {
 struct Slot {
     generation: u32,
     peer: Option<Peer>,
+}
+
+fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -488,6 +498,7 @@ impl MediaCore {
                 for t in &o.tracks_in {
                     subs.push(TrackOut {
                         source: other,
+                        source_user: o.user.clone(),
                         source_mid: t.mid,
                         kind: t.kind,
                         state: OutState::ToOpen,
@@ -966,7 +977,9 @@ impl MediaCore {
         for t in &mut peer.tracks_out {
             match t.state {
                 OutState::ToOpen => {
-                    let mid = api.add_media(t.kind, Direction::SendOnly, None, None, None);
+                    let track = format!("{}-{}", t.source_user, kind_name(t.kind));
+                    let stream = Some(t.source_user.clone());
+                    let mid = api.add_media(t.kind, Direction::SendOnly, stream, Some(track), None);
                     t.state = OutState::Negotiating(mid);
                 }
                 OutState::ToStop(mid) => {
@@ -1143,6 +1156,7 @@ impl MediaCore {
             }
         }
         let call_id = peer.call_id.clone();
+        let publisher = peer.user.clone();
         let others: Vec<PeerId> = self
             .by_call
             .get(&call_id)
@@ -1160,6 +1174,7 @@ impl MediaCore {
                 {
                     o.tracks_out.push(TrackOut {
                         source: id,
+                        source_user: publisher.clone(),
                         source_mid: mid,
                         kind,
                         state: OutState::ToOpen,

@@ -19,8 +19,45 @@ use tokio::sync::watch;
 use super::{Shared, session};
 use crate::metrics::Metrics;
 
+/// The demo client, embedded so the binary serves it with no build step.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../web/style.css");
+
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = if shared.cfg.dev {
+        Router::new().route("/dev/token", get(dev_token))
+    } else {
+        Router::new()
+    };
+    router
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    INDEX_HTML,
+                )
+            }),
+        )
+        .route(
+            "/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    APP_JS,
+                )
+            }),
+        )
+        .route(
+            "/style.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    STYLE_CSS,
+                )
+            }),
+        )
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/api/calls", get(list_calls))
@@ -113,6 +150,26 @@ async fn get_call(
             StatusCode::NOT_FOUND,
             "no record of that call (it may still be running)",
         ),
+    }
+}
+
+/// `--dev` only: a login token for `?user=`, so the demo page needs no backend.
+async fn dev_token(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(user) = q.get("user") else {
+        return api_error(StatusCode::BAD_REQUEST, "give ?user=NAME");
+    };
+    match shared.auth.mint(
+        user,
+        None,
+        false,
+        std::time::Duration::from_secs(12 * 3600),
+        unix_now(),
+    ) {
+        Ok(token) => Json(json!({ "token": token })).into_response(),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
 
