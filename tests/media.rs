@@ -377,7 +377,9 @@ fn check_analytics(reports: &[Report], names: &[&str]) {
                 })
                 .collect();
             assert!(v.len() > 10, "{} got volumes of {other}: {v:?}", names[r]);
-            assert!(v.iter().all(|x| (55..=61).contains(x)), "{v:?}");
+            // The first and last intervals are partial (talk starts and stops inside them).
+            let steady = &v[1..v.len() - 1];
+            assert!(steady.iter().all(|x| (55..=61).contains(x)), "{v:?}");
             for kind in ["audio_available", "video_available"] {
                 assert!(
                     by(kind)
