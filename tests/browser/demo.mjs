@@ -29,7 +29,6 @@ const browser = await chromium.launch({
     "--disable-sync",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
     "--autoplay-policy=no-user-gesture-required",
   ],
 });
