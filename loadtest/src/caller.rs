@@ -79,6 +79,33 @@ pub struct Shared {
 /// How long a mute or hold toggle lasts.
 pub const TOGGLE_FOR: Duration = Duration::from_secs(2);
 
+/// A periodic toggle (mute, hold): on for [`TOGGLE_FOR`] every `every`, never when zero.
+struct Toggle {
+    every: Duration,
+    next: Option<tokio::time::Instant>,
+    on: bool,
+}
+
+impl Toggle {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: (!every.is_zero()).then(|| tokio::time::Instant::now() + every),
+            on: false,
+        }
+    }
+
+    /// The new state when it is time to flip.
+    fn flip(&mut self, now: tokio::time::Instant) -> Option<bool> {
+        if self.next.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.on = !self.on;
+        self.next = Some(now + if self.on { TOGGLE_FOR } else { self.every });
+        Some(self.on)
+    }
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Signal {
@@ -346,12 +373,8 @@ async fn media(
     let mut last_keyframe = Instant::now();
     let mut buf = vec![0u8; 2048];
     let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut muted = false;
-    let mut held = false;
-    let mut next_mute =
-        (!shared.mute_every.is_zero()).then(|| tokio::time::Instant::now() + shared.mute_every);
-    let mut next_hold =
-        (!shared.hold_every.is_zero()).then(|| tokio::time::Instant::now() + shared.hold_every);
+    let mut mute = Toggle::new(shared.mute_every);
+    let mut hold = Toggle::new(shared.hold_every);
 
     loop {
         // Drain str0m.
@@ -436,7 +459,7 @@ async fn media(
         let sending = rtc.is_connected();
         let mut wake =
             tokio::time::Instant::from_std(timeout).min(now + Duration::from_millis(100));
-        for t in [next_mute, next_hold].into_iter().flatten() {
+        for t in [mute.next, hold.next].into_iter().flatten() {
             wake = wake.min(t);
         }
         if sending {
@@ -510,25 +533,17 @@ async fn media(
             let _ = socket.try_send_to(&d, to);
         }
         let now = tokio::time::Instant::now();
-        // Mute and hold toggles: on for TOGGLE_FOR, then off until the next period.
-        if let Some(t) = next_mute
-            && now >= t
-        {
-            muted = !muted;
+        if let Some(muted) = mute.flip(now) {
             sig.send("mute", json!({"call_id": call_id, "audio": muted}))
                 .await?;
             r.toggles += 1;
-            next_mute = Some(now + if muted { TOGGLE_FOR } else { shared.mute_every });
         }
-        if let Some(t) = next_hold
-            && now >= t
-        {
-            held = !held;
+        if let Some(held) = hold.flip(now) {
             sig.send("hold", json!({"call_id": call_id, "held": held}))
                 .await?;
             r.toggles += 1;
-            next_hold = Some(now + if held { TOGGLE_FOR } else { shared.hold_every });
         }
+        let (muted, held) = (mute.on, hold.on);
         if sending && (muted || held) && now >= next_audio {
             // A muted microphone, or a call on hold, sends nothing.
             next_audio += Duration::from_millis(20);
