@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond the Rust toolchain, only when missing.
 # Debian packages go through apt-get (root, or sudo when available).
+#   ./scripts/setup.sh         everything the test suite needs
+#   ./scripts/setup.sh build   only what building and running the server needs
 set -euo pipefail
+mode="${1:-all}"
 
 need_apt=()
 # C toolchain for crates with C parts (aws-lc-sys builds with cc).
@@ -9,11 +12,13 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # cmake builds the bundled libopus (opus crate: Opus decoding for volume without the
 # audio-level extension, and the loadtest's encoder).
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-# Prometheus evaluates every Grafana panel's query against a live sfu in tests/grafana.rs.
-command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
-# The browser demo test: Debian's Chromium, and Node.js for playwright-core.
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ "$mode" != build ]; then
+  # Prometheus evaluates every Grafana panel's query against a live sfu in tests/grafana.rs.
+  command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+  # The browser demo test: Debian's Chromium, and Node.js for playwright-core.
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+fi
 # System CA certificates for HTTPS push webhooks.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 
@@ -36,7 +41,7 @@ done
 
 # playwright-core for tests/browser (from the npm registry; no browser download).
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
+if [ "$mode" != build ] && [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
   echo "setup: installing playwright-core for the browser tests" >&2
   (cd "$here/tests/browser" && npm ci --no-audit --no-fund --ignore-scripts)
 fi
