@@ -137,18 +137,11 @@ impl Signal {
         Ok(self.next_id)
     }
 
+    /// The next notification or response: queued ones first, then the socket.
     async fn next(&mut self) -> anyhow::Result<Value> {
-        if let Some(v) = self.queue.pop_front() {
-            return Ok(v);
-        }
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
-                Some(Ok(Message::Close(f))) => anyhow::bail!("signaling closed: {f:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("signaling closed"),
-            }
+        match self.queue.pop_front() {
+            Some(v) => Ok(v),
+            None => self.next_raw().await,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Per-socket limits, pure and clock-free: a token bucket for requests per second and an
 //! error budget that closes a socket that keeps sending garbage.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Clone, Debug)]
@@ -88,12 +88,10 @@ impl SocketLimits {
 pub const ABUSE_BURST: f64 = 50.0;
 pub const ABUSE_RATE: f64 = 5.0;
 
-/// How long a client may stay silent (no frame, no pong) before it counts as gone.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_refills_at_its_rate() {

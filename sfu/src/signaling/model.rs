@@ -282,12 +282,7 @@ impl CallModel {
         method: Method,
         result: Result<Value, RpcError>,
     ) {
-        let msg = Outbound::Response {
-            id,
-            method: Some(method),
-            result,
-        };
-        self.out.push_back(Output::Send { conn, msg });
+        self.respond_at(self.out.len(), conn, id, method, result);
     }
 
     /// A Worker's volume, quality or availability report, for the call's joined members.
