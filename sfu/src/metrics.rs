@@ -26,6 +26,7 @@ pub struct Metrics {
     pub peers_active: IntGauge,
     pub peers_connected: IntCounter,
     pub peer_failures: IntCounterVec,
+    pub ice_disconnects: IntCounter,
     pub rtp_packets: IntCounterVec,
     pub rtp_bytes: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
@@ -140,8 +141,12 @@ impl Metrics {
             ),
             peer_failures: counter(
                 "sfu_peer_failures_total",
-                "Peers that failed, by stage (ice: no connection within 30 s or ICE lost; dtls: DTLS/SRTP failure).",
+                "Peers that failed and were dropped, by stage (ice: ICE not connected within 30 s; dtls: ICE up but DTLS not within 30 s; rtc: str0m error or panic).",
                 &["stage"],
+            ),
+            ice_disconnects: plain_counter(
+                "sfu_ice_disconnects_total",
+                "ICE connections of Peers reported lost (str0m's Disconnected; they may come back).",
             ),
             rtp_packets: counter(
                 "sfu_rtp_packets_total",
@@ -259,7 +264,7 @@ impl Metrics {
         for result in ["ok", "error", "dropped"] {
             self.push_webhooks.with_label_values(&[result]);
         }
-        for stage in ["ice", "dtls"] {
+        for stage in ["ice", "dtls", "rtc"] {
             self.peer_failures.with_label_values(&[stage]);
         }
         for direction in ["in", "out"] {

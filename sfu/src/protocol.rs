@@ -335,6 +335,12 @@ pub enum Notification {
         call_id: String,
         sdp: String,
     },
+    /// The member's media connection failed and is gone (`reason`: `ice`, `dtls` or `rtc`);
+    /// they are still in the call and may send a new `offer`.
+    MediaFailed {
+        call_id: String,
+        reason: String,
+    },
     SessionReplaced {},
 }
 

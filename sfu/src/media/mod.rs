@@ -1,8 +1,35 @@
-//! Media: the sans-IO forwarding core of a Worker ([`core`]) and its RTP rewriting
-//! ([`forward`]). The worker threads that own sockets live in `server::worker`.
+//! Media: the sans-IO forwarding core of a Worker, one noun per file.
+//!
+//! | file | noun |
+//! | --- | --- |
+//! | [`worker`] | `MediaCore`: the Peers, Rooms and Router of one Worker; inputs and events |
+//! | [`command`] / [`event`] | what goes in (one `Command` enum) and what comes out (`MediaEvent`) |
+//! | [`router`] | datagram → Peer |
+//! | [`peer`] | one member's str0m `Rtc`; every mutation followed by a drain |
+//! | [`room`] | a call's members and its publisher → subscriptions index |
+//! | [`track`] | a published stream: counters, jitter, availability, level |
+//! | [`subscription`] | one forwarded copy: negotiation state, PT map, munger |
+//! | [`seq`] | the sequence/timestamp munger |
+//! | [`keyframe`] | merged keyframe requests per publisher track |
+//! | [`quality`] | E-model samples of a member's up and down legs |
+//! | [`level`] | the audio level of publishers without the audio-level extension |
+//!
+//! The worker threads that own sockets live in `server::worker`; nothing here imports the wire
+//! protocol.
 
-pub mod core;
-pub mod forward;
+pub mod command;
+pub mod event;
+pub mod keyframe;
 pub mod level;
+pub mod peer;
+pub mod quality;
+pub mod room;
+pub mod router;
+pub mod seq;
+pub mod subscription;
+pub mod track;
+pub mod worker;
 
-pub use self::core::{Audience, MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
+pub use command::{Command, MemberMedia, Ticket};
+pub use event::{Failure, Leg, MediaError, MediaEvent, QualityReport};
+pub use worker::{MediaConfig, MediaCore, MediaCounters};

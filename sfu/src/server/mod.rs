@@ -2,7 +2,7 @@
 //! task per WebSocket session and the push-webhook sender. It only moves frames, time and
 //! events in and out of the sans-IO [`crate::signaling::CallModel`].
 
-mod actor;
+mod driver;
 mod http;
 mod push;
 mod session;
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::records::CallRecorder;
 use crate::signaling::{ConnId, ModelConfig};
 
-pub(crate) use actor::Input;
+pub(crate) use driver::Input;
 
 /// What every task of one server shares.
 pub(crate) struct Shared {
@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub sessions: Sessions,
     pub directory: Arc<dyn CallDirectory>,
-    pub actor: mpsc::Sender<Input>,
+    pub driver: mpsc::Sender<Input>,
     pub shutdown: watch::Receiver<bool>,
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
@@ -89,7 +89,7 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Queue of requests waiting for the call model; sessions wait (backpressure) when it is full.
-const ACTOR_QUEUE: usize = 8192;
+const DRIVER_QUEUE: usize = 8192;
 
 /// Binds the listeners and starts every task.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
@@ -104,7 +104,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE);
+    let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
     let (media_tx, media_rx) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     let mut threads = Vec::new();
@@ -150,7 +150,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         metrics: metrics.clone(),
         sessions: Sessions::default(),
         directory: Arc::new(LocalDirectory::default()),
-        actor: actor_tx,
+        driver: driver_tx,
         shutdown: shutdown_rx.clone(),
         records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
         cdr,
@@ -158,9 +158,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     });
 
     let tasks = vec![
-        tokio::spawn(actor::run(
+        tokio::spawn(driver::run(
             model_cfg,
-            actor_rx,
+            driver_rx,
             media_rx,
             shared.clone(),
             push,

@@ -82,7 +82,7 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>) {
         .with_label_values(&[cause.label()])
         .inc();
     tracing::debug!(conn = conn.0, cause = cause.label(), "session closed");
-    let _ = shared.actor.send(Input::Disconnect { conn }).await;
+    let _ = shared.driver.send(Input::Disconnect { conn }).await;
     if cause != Cause::Client {
         linger(&mut stream).await;
     }
@@ -230,7 +230,7 @@ async fn on_text(
         }
     };
     // Waiting here is the backpressure on a client that outpaces the call model.
-    if let Err(mpsc::error::SendError(input)) = shared.actor.send(input).await {
+    if let Err(mpsc::error::SendError(input)) = shared.driver.send(input).await {
         // The call model is gone (shutting down): say so, then close.
         if let Input::Login { id, .. } | Input::Request { id, .. } = input {
             let err = RpcError::new(

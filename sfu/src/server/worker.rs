@@ -7,16 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::local::LocalHistogram;
-use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::Input;
-use crate::media::{MediaConfig, MediaCore, MediaCounters, MediaError, MediaOutput};
+use crate::media::{Command, MediaConfig, MediaCore, MediaCounters, MediaEvent};
 use crate::metrics::Metrics;
-use crate::protocol::{Method, RpcError, codes};
-use crate::signaling::MediaCommand;
 
 /// Datagrams read per wake-up before looking at commands and timers again.
 const RECV_BATCH: usize = 64;
@@ -24,7 +21,7 @@ const RECV_BATCH: usize = 64;
 /// How the rest of the server reaches one Worker.
 #[derive(Clone)]
 pub(crate) struct WorkerHandle {
-    pub tx: mpsc::UnboundedSender<MediaCommand>,
+    pub tx: mpsc::UnboundedSender<Command>,
     pub advertised: SocketAddr,
 }
 
@@ -34,7 +31,7 @@ pub(crate) fn spawn(
     bind: SocketAddr,
     media_ip: std::net::IpAddr,
     intervals: (Duration, Duration),
-    to_actor: mpsc::UnboundedSender<Input>,
+    to_driver: mpsc::UnboundedSender<Input>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
@@ -73,7 +70,7 @@ pub(crate) fn spawn(
                 Worker {
                     core,
                     socket,
-                    to_actor,
+                    to_driver,
                     metrics,
                     flushed: MediaCounters::default(),
                     peers_reported: 0,
@@ -90,7 +87,7 @@ pub(crate) fn spawn(
 struct Worker {
     core: MediaCore,
     socket: UdpSocket,
-    to_actor: mpsc::UnboundedSender<Input>,
+    to_driver: mpsc::UnboundedSender<Input>,
     metrics: Arc<Metrics>,
     /// Counters as last flushed, for deltas.
     flushed: MediaCounters,
@@ -101,7 +98,7 @@ struct Worker {
 impl Worker {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<MediaCommand>,
+        mut rx: mpsc::UnboundedReceiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.latency = Some(self.metrics.forwarding_latency_seconds.local());
@@ -149,11 +146,12 @@ impl Worker {
         }
     }
 
-    /// Sends what the core produced; never waits on the socket.
+    /// Sends what the core produced; never waits on the socket. Everything else goes to the
+    /// driver, in the order the core produced it (a reply before our offer to that member).
     fn transmit(&mut self) {
-        while let Some(out) = self.core.poll_output() {
-            match out {
-                MediaOutput::Transmit {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                MediaEvent::Transmit {
                     destination,
                     contents,
                 } => {
@@ -164,86 +162,15 @@ impl Worker {
                             .inc();
                     }
                 }
-                MediaOutput::Offer { call_id, user, sdp } => {
-                    let _ = self.to_actor.send(Input::MediaOffer { call_id, user, sdp });
-                }
-                MediaOutput::Notify {
-                    call_id,
-                    audience,
-                    notification,
-                } => {
-                    let _ = self.to_actor.send(Input::MediaNotify {
-                        call_id,
-                        audience,
-                        notification,
-                    });
+                other => {
+                    let _ = self.to_driver.send(Input::Media(other));
                 }
             }
         }
     }
 
-    fn command(&mut self, cmd: MediaCommand) {
-        let now = std::time::Instant::now();
-        match cmd {
-            MediaCommand::Offer {
-                call_id,
-                user,
-                sdp,
-                video,
-                conn,
-                id,
-            } => {
-                let result = self
-                    .core
-                    .offer(now, &call_id, &user, &sdp, video)
-                    .map(|answer| json!({ "sdp": answer }))
-                    .map_err(rpc_error);
-                // The reply goes before our own offers for this Peer (same queue, in order).
-                let _ = self.to_actor.send(Input::MediaReply {
-                    conn,
-                    id,
-                    method: Method::Offer,
-                    result,
-                });
-            }
-            MediaCommand::Answer {
-                call_id,
-                user,
-                sdp,
-                conn,
-                id,
-            } => {
-                let result = self
-                    .core
-                    .answer(now, &call_id, &user, &sdp)
-                    .map(|()| json!({}))
-                    .map_err(rpc_error);
-                let _ = self.to_actor.send(Input::MediaReply {
-                    conn,
-                    id,
-                    method: Method::Answer,
-                    result,
-                });
-            }
-            MediaCommand::Candidate {
-                call_id,
-                user,
-                candidate,
-            } => self.core.candidate(now, &call_id, &user, &candidate),
-            MediaCommand::Hold {
-                call_id,
-                user,
-                held,
-            } => self.core.set_hold(&call_id, &user, held),
-            MediaCommand::Mute {
-                call_id,
-                user,
-                audio,
-                video,
-            } => self.core.set_mute(&call_id, &user, audio, video),
-            MediaCommand::Leave { call_id, user } => self.core.remove_member(&call_id, &user),
-            MediaCommand::EndCall { call_id } => self.core.end_call(&call_id),
-        }
+    fn command(&mut self, cmd: Command) {
+        self.core.handle_command(std::time::Instant::now(), cmd);
         self.transmit();
     }
 
@@ -279,6 +206,11 @@ impl Worker {
         m.peer_failures
             .with_label_values(&["dtls"])
             .inc_by(c.dtls_failures - f.dtls_failures);
+        m.peer_failures
+            .with_label_values(&["rtc"])
+            .inc_by(c.rtc_failures - f.rtc_failures);
+        m.ice_disconnects
+            .inc_by(c.ice_disconnects - f.ice_disconnects);
         m.peers_connected
             .inc_by(c.peers_connected - f.peers_connected);
         m.datagrams_dropped
@@ -291,15 +223,6 @@ impl Worker {
             h.flush();
         }
         self.flushed = c;
-    }
-}
-
-fn rpc_error(e: MediaError) -> RpcError {
-    match e {
-        MediaError::BadSdp(_) => RpcError::invalid_params(e),
-        MediaError::NoPendingOffer | MediaError::NoPeer => {
-            RpcError::new(codes::WRONG_STATE, e.to_string())
-        }
     }
 }
 

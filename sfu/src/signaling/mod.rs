@@ -6,4 +6,4 @@ pub mod params;
 pub mod timers;
 
 pub use call::MemberState;
-pub use model::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output, PushNotice};
+pub use model::{CallEvent, CallModel, ConnId, ModelConfig, Output, PushNotice};

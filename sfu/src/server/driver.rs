@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use super::Shared;
 use super::push::PushQueue;
 use crate::directory::{CallEntry, ToSocket};
-use crate::media::Audience;
-use crate::protocol::{Method, Notification, RequestId, RpcError, codes};
-use crate::signaling::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output};
+use crate::media::{Command, Leg, MediaEvent};
+use crate::protocol::{Method, RequestId};
+use crate::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output};
 
 use super::worker::WorkerHandle;
 
@@ -35,25 +35,8 @@ pub(crate) enum Input {
     Disconnect {
         conn: ConnId,
     },
-    /// A Worker's reply to an `offer` or `answer`.
-    MediaReply {
-        conn: ConnId,
-        id: RequestId,
-        method: Method,
-        result: Result<Value, RpcError>,
-    },
-    /// A Worker's own offer for a member.
-    MediaOffer {
-        call_id: String,
-        user: String,
-        sdp: String,
-    },
-    /// Volume, quality or availability from a Worker.
-    MediaNotify {
-        call_id: String,
-        audience: Audience,
-        notification: Notification,
-    },
+    /// What a Worker reported (replies, offers, volume, quality, availability, failures).
+    Media(MediaEvent),
 }
 
 /// Inputs handled before outputs are flushed, to amortize wake-ups under load.
@@ -120,45 +103,56 @@ fn unix_ms() -> u64 {
 }
 
 /// Metrics and call records from the Workers' reports.
-fn observe(shared: &Shared, call_id: &str, n: &Notification) {
+fn observe(shared: &Shared, event: &MediaEvent) {
     let m = &shared.metrics;
-    match n {
-        Notification::Quality {
+    match event {
+        MediaEvent::Quality {
+            call_id,
             user,
-            direction,
-            mos,
-            quality,
-            rtt_ms,
-            jitter_ms,
-            loss,
-            ..
+            leg,
+            report,
         } => {
-            let dir: &str = (*direction).into();
-            m.quality_mos.with_label_values(&[dir]).observe(*mos);
+            let dir = match leg {
+                Leg::Up => "up",
+                Leg::Down => "down",
+            };
+            m.quality_mos.with_label_values(&[dir]).observe(report.mos);
             m.quality_samples
-                .with_label_values(&[dir, quality.as_str()])
+                .with_label_values(&[dir, report.level.as_str()])
                 .inc();
             m.quality_rtt_seconds
                 .with_label_values(&[dir])
-                .observe(rtt_ms / 1000.0);
+                .observe(report.rtt_ms / 1000.0);
             m.quality_jitter_seconds
                 .with_label_values(&[dir])
-                .observe(jitter_ms / 1000.0);
+                .observe(report.jitter_ms / 1000.0);
             m.quality_loss_ratio
                 .with_label_values(&[dir])
-                .observe(*loss);
+                .observe(report.loss);
+            let direction = match leg {
+                Leg::Up => crate::protocol::QualityDirection::Up,
+                Leg::Down => crate::protocol::QualityDirection::Down,
+            };
             shared.records().quality(
-                call_id, user, *direction, *mos, *quality, *loss, *jitter_ms, *rtt_ms,
+                call_id,
+                user,
+                direction,
+                report.mos,
+                report.level,
+                report.loss,
+                report.jitter_ms,
+                report.rtt_ms,
             );
         }
-        Notification::Volume { .. } => m.volume_events.inc(),
-        Notification::AudioAvailable { available, .. } => m
+        MediaEvent::Volume { .. } => m.volume_events.inc(),
+        MediaEvent::Available {
+            kind, available, ..
+        } => m
             .availability_events
-            .with_label_values(&["audio", if *available { "true" } else { "false" }])
-            .inc(),
-        Notification::VideoAvailable { available, .. } => m
-            .availability_events
-            .with_label_values(&["video", if *available { "true" } else { "false" }])
+            .with_label_values(&[
+                crate::media::peer::kind_name(*kind),
+                if *available { "true" } else { "false" },
+            ])
             .inc(),
         _ => {}
     }
@@ -175,20 +169,9 @@ fn apply(model: &mut CallModel, shared: &Shared, input: Input) {
             params,
         } => model.request(now, conn, id, method, params),
         Input::Disconnect { conn } => model.disconnect(now, conn),
-        Input::MediaReply {
-            conn,
-            id,
-            method,
-            result,
-        } => model.media_reply(conn, id, method, result),
-        Input::MediaOffer { call_id, user, sdp } => model.media_offer(&call_id, &user, sdp),
-        Input::MediaNotify {
-            call_id,
-            audience,
-            notification,
-        } => {
-            observe(shared, &call_id, &notification);
-            model.media_notify(&call_id, &audience, notification)
+        Input::Media(event) => {
+            observe(shared, &event);
+            model.media_event(event)
         }
     }
 }
@@ -227,7 +210,7 @@ fn carry_out(
 
 /// Hands a media command to the Worker hosting its call. An `offer`/`answer` that cannot be
 /// delivered is answered with 5000 so the client is never left waiting.
-fn to_worker(shared: &Shared, workers: &Workers, model: &mut CallModel, cmd: MediaCommand) {
+fn to_worker(shared: &Shared, workers: &Workers, model: &mut CallModel, cmd: Command) {
     let worker = shared
         .directory
         .get(cmd.call_id())
@@ -236,26 +219,8 @@ fn to_worker(shared: &Shared, workers: &Workers, model: &mut CallModel, cmd: Med
         Some(w) => w.tx.send(cmd).err().map(|e| e.0),
         None => Some(cmd),
     };
-    match undelivered {
-        Some(MediaCommand::Offer { conn, id, .. }) => model.media_reply(
-            conn,
-            id,
-            Method::Offer,
-            Err(RpcError::new(
-                codes::INTERNAL,
-                "internal error: media worker unavailable",
-            )),
-        ),
-        Some(MediaCommand::Answer { conn, id, .. }) => model.media_reply(
-            conn,
-            id,
-            Method::Answer,
-            Err(RpcError::new(
-                codes::INTERNAL,
-                "internal error: media worker unavailable",
-            )),
-        ),
-        _ => {}
+    if let Some(cmd) = undelivered {
+        model.media_undelivered(&cmd);
     }
 }
 

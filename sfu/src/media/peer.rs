@@ -1,0 +1,422 @@
+//! A Peer: one member's str0m `Rtc` (RTP mode, ICE-lite) with what the server knows of it:
+//! the member's mute/hold state, the Tracks they publish and the Subscriptions they receive.
+//!
+//! Invariant: every mutation of the `Rtc` is followed by draining `poll_output` until it
+//! returns `Timeout` (str0m's single-mutation rule). The `Rtc` is private to this file and
+//! every method that touches it ends in [`Peer::drain`]; every str0m call is behind
+//! `catch_unwind`, so a str0m panic fails this Peer, never the Worker.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::Receive;
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use super::command::MemberMedia;
+use super::event::{Failure, MediaError, MediaEvent};
+use super::quality::LinkQuality;
+use super::subscription::{SubId, SubState, Subscriptions};
+use super::track::Track;
+
+/// Index of a Peer in its worker, with a generation so stale timers and routes are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    index: u32,
+    generation: u32,
+}
+
+impl PeerId {
+    pub fn new(index: u32, generation: u32) -> Self {
+        Self { index, generation }
+    }
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// What a Peer's str0m reported while draining, for the core to act on.
+// Kept inline: boxing the packet would cost an allocation per forwarded packet.
+#[allow(clippy::large_enum_variant)]
+pub enum PeerEvent {
+    IceConnected,
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    IceDisconnected,
+    /// The member's offer published a track.
+    MediaAdded(Mid, MediaKind),
+    /// A packet of the member's track `mid`.
+    Rtp(Mid, RtpPacket),
+    /// The member asks for a keyframe on our `mid`.
+    KeyframeRequest(Mid, KeyframeRequestKind),
+    Egress(MediaEgressStats),
+    Ingress(MediaIngressStats),
+}
+
+/// Where a drain puts what it finds: datagrams straight to the core's output, events for the
+/// core to act on. Both queues are reused, so draining allocates nothing per packet.
+pub struct Sink<'a> {
+    pub out: &'a mut VecDeque<MediaEvent>,
+    pub events: &'a mut VecDeque<(PeerId, PeerEvent)>,
+}
+
+/// A publisher packet on its way to subscribers.
+pub struct Forward<'a> {
+    pub pkt: &'a RtpPacket,
+    pub params: PayloadParams,
+    pub epoch: u32,
+    pub ext: &'a ExtensionValues,
+}
+
+pub struct Peer {
+    id: PeerId,
+    rtc: Rtc,
+    pub call_id: String,
+    pub user: String,
+    pub created: Instant,
+    pub ice_connected: bool,
+    pub connected: bool,
+    pub ufrag: String,
+    /// Whether this call carries video; in audio calls offered video is not published.
+    pub video: bool,
+    pub state: MemberMedia,
+    pub addrs: Vec<SocketAddr>,
+    pub tracks: Vec<Track>,
+    pub subs: Subscriptions,
+    pending: Option<SdpPendingOffer>,
+    /// Our offers wait until the reply to the member's own offer is out.
+    pub replied: bool,
+    /// When we last asked to be woken.
+    pub wake: Option<Instant>,
+    pub quality: LinkQuality,
+    /// Σ energy·seconds and seconds of audio in the current volume interval.
+    pub volume: (f64, f64),
+}
+
+/// Runs one str0m call, turning a panic into a Peer failure.
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| Failure::Rtc)
+}
+
+impl Peer {
+    /// A Peer for `user`'s offer, and our answer to it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept(
+        id: PeerId,
+        now: Instant,
+        advertised: SocketAddr,
+        call_id: &str,
+        user: &str,
+        offer: SdpOffer,
+        video: bool,
+        state: MemberMedia,
+        sink: &mut Sink,
+    ) -> Result<(Peer, String), MediaError> {
+        let candidate = Candidate::host(advertised, "udp")
+            .map_err(|e| MediaError::BadSdp(format!("media address: {e}")))?;
+        let rtc = guarded(|| {
+            let mut rtc = RtcConfig::new()
+                .set_rtp_mode(true)
+                .set_ice_lite(true)
+                .clear_codecs()
+                .enable_opus(true, false)
+                .enable_vp8(true)
+                .set_stats_interval(Some(Duration::from_secs(1)))
+                .build(now);
+            rtc.add_local_candidate(candidate);
+            rtc
+        })
+        .map_err(|_| MediaError::BadSdp("media session could not be created".into()))?;
+        let fec = offer.to_sdp_string().contains("useinbandfec=1");
+        let mut peer = Peer {
+            id,
+            rtc,
+            call_id: call_id.to_string(),
+            user: user.to_string(),
+            created: now,
+            ice_connected: false,
+            connected: false,
+            ufrag: String::new(),
+            video,
+            state,
+            addrs: Vec::new(),
+            tracks: Vec::new(),
+            subs: Subscriptions::default(),
+            pending: None,
+            replied: false,
+            wake: None,
+            quality: LinkQuality::new(fec),
+            volume: (0.0, 0.0),
+        };
+        let answer = match peer.mutate(now, sink, |rtc| rtc.sdp_api().accept_offer(offer)) {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
+            Err(_) => return Err(MediaError::BadSdp("offer could not be handled".into())),
+        };
+        peer.ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Whether str0m takes a datagram from a source not yet known for this Peer.
+    pub fn accepts(&self, input: &Input) -> bool {
+        guarded(|| self.rtc.accepts(input)).unwrap_or(false)
+    }
+
+    /// One received datagram. `Ok(false)` when str0m refused it (not fatal).
+    pub fn receive(&mut self, now: Instant, r: Receive, sink: &mut Sink) -> Result<bool, Failure> {
+        let ok = self.mutate(now, sink, |rtc| rtc.handle_input(Input::Receive(now, r)))?;
+        if let Err(e) = &ok {
+            tracing::debug!(error = %e, "peer rejected a datagram");
+        }
+        Ok(ok.is_ok())
+    }
+
+    /// Time passed; str0m's errors here are fatal.
+    pub fn tick(&mut self, now: Instant, sink: &mut Sink) -> Result<(), Failure> {
+        self.mutate(now, sink, |rtc| rtc.handle_input(Input::Timeout(now)))?
+            .map_err(|_| Failure::Rtc)
+    }
+
+    pub fn add_candidate(&mut self, now: Instant, c: Candidate, sink: &mut Sink) -> Result<(), Failure> {
+        self.mutate(now, sink, |rtc| rtc.add_remote_candidate(c))
+    }
+
+    /// Asks the member for a keyframe on their track `mid`.
+    pub fn request_keyframe(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+        sink: &mut Sink,
+    ) -> Result<bool, Failure> {
+        self.mutate(now, sink, |rtc| {
+            rtc.direct_api()
+                .stream_rx_by_mid(mid, None)
+                .map(|rx| rx.request_keyframe(kind))
+                .is_some()
+        })
+    }
+
+    /// The codec of the member's payload type `pt`.
+    pub fn params_of(&self, pt: u8) -> Option<PayloadParams> {
+        self.rtc.codec_config().find(|p| *p.pt() == pt).copied()
+    }
+
+    /// Writes a publisher's packet on subscription `sub`, or withholds it (this member on hold,
+    /// not connected yet, or the m-line not negotiated). `Ok(true)` when written.
+    pub fn forward(&mut self, now: Instant, sub: SubId, f: &Forward, sink: &mut Sink) -> Result<bool, Failure> {
+        let seq_in = *f.pkt.seq_no;
+        let Some(s) = self.subs.get_mut(sub) else {
+            return Ok(false);
+        };
+        let mid = match s.open_mid() {
+            Some(mid) if self.connected && !self.state.held => mid,
+            _ => {
+                s.withhold(seq_in, f.epoch);
+                return Ok(false);
+            }
+        };
+        let rtc = &self.rtc;
+        let pt_in = *f.pkt.header.payload_type;
+        let Some(pt) = s.payload_type(pt_in, || {
+            rtc.codec_config().match_params(f.params).map(|p| *p.pt())
+        }) else {
+            s.withhold(seq_in, f.epoch);
+            return Ok(false);
+        };
+        let Some((seq, ts)) = s.rewrite(seq_in, f.pkt.header.timestamp, f.epoch, f.pkt.timestamp) else {
+            return Ok(false);
+        };
+        let video = s.kind == MediaKind::Video;
+        let write = RtpWrite::new(pt.into(), seq.into(), ts, f.pkt.timestamp, f.pkt.payload.clone())
+            .marker(f.pkt.header.marker)
+            .ext_vals(f.ext.clone())
+            .nackable(video);
+        self.mutate(now, sink, |rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
+            Some(tx) => {
+                tx.write_rtp(write);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Sends our offer for whatever the subscriptions need, unless one is pending or the
+    /// member's own offer is not answered yet. Returns the offer's SDP.
+    pub fn negotiate(&mut self, now: Instant, sink: &mut Sink) -> Result<Option<String>, Failure> {
+        let wanted = self
+            .subs
+            .iter()
+            .any(|(_, s)| matches!(s.state, SubState::ToOpen | SubState::ToStop(_)));
+        if !self.replied || self.pending.is_some() || !wanted {
+            return Ok(None);
+        }
+        let subs = &mut self.subs;
+        let applied = guarded(|| {
+            let mut api = self.rtc.sdp_api();
+            for (_, s) in subs.iter_mut() {
+                match s.state {
+                    SubState::ToOpen => {
+                        let track = format!("{}-{}", s.source_user, kind_name(s.kind));
+                        let stream = Some(s.source_user.clone());
+                        let mid = api.add_media(s.kind, Direction::SendOnly, stream, Some(track), None);
+                        s.state = SubState::Negotiating(mid);
+                    }
+                    SubState::ToStop(mid) => {
+                        api.stop_media(mid);
+                        s.state = SubState::NegotiatingStop(mid);
+                    }
+                    _ => {}
+                }
+            }
+            api.apply()
+        });
+        self.drain(now, sink)?;
+        match applied? {
+            Some((offer, pending)) => {
+                self.pending = Some(pending);
+                Ok(Some(offer.to_sdp_string()))
+            }
+            None => {
+                // Nothing changed on the wire (e.g. stopping an m-line never negotiated).
+                self.settle(true);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The member's answer to our pending offer. On success, returns the video tracks newly
+    /// opened (each needs a keyframe from its publisher).
+    pub fn accept_answer(
+        &mut self,
+        now: Instant,
+        answer: SdpAnswer,
+        sink: &mut Sink,
+    ) -> Result<Result<Vec<(PeerId, Mid)>, MediaError>, Failure> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(Err(MediaError::NoPendingOffer));
+        };
+        match self.mutate(now, sink, |rtc| rtc.sdp_api().accept_answer(pending, answer))? {
+            Ok(()) => {
+                let opened = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| matches!(s.state, SubState::Negotiating(_)))
+                    .filter(|(_, s)| s.kind == MediaKind::Video)
+                    .map(|(_, s)| (s.source, s.source_mid))
+                    .collect();
+                self.settle(true);
+                Ok(Ok(opened))
+            }
+            Err(e) => {
+                // Our offer is void: what it carried goes into the next one.
+                self.settle(false);
+                Ok(Err(MediaError::BadSdp(e.to_string())))
+            }
+        }
+    }
+
+    /// Ends our negotiation round: applied (opened and stopped for real) or void (back to
+    /// wanted).
+    fn settle(&mut self, applied: bool) {
+        let mut gone = Vec::new();
+        for (id, s) in self.subs.iter_mut() {
+            s.state = match (s.state, applied) {
+                (SubState::Negotiating(m), true) => SubState::Open(m),
+                (SubState::NegotiatingStop(_), true) => {
+                    gone.push(id);
+                    continue;
+                }
+                (SubState::Negotiating(_), false) => SubState::ToOpen,
+                (SubState::NegotiatingStop(m), false) => SubState::ToStop(m),
+                (other, _) => other,
+            };
+        }
+        for id in gone {
+            self.subs.remove(id);
+        }
+    }
+
+    /// Closes the connection (no output: the Peer is being dropped).
+    pub fn close(&mut self) {
+        let _ = guarded(|| self.rtc.disconnect());
+    }
+
+    /// One mutation, then the drain the invariant requires.
+    fn mutate<R>(&mut self, now: Instant, sink: &mut Sink, f: impl FnOnce(&mut Rtc) -> R) -> Result<R, Failure> {
+        let r = guarded(|| f(&mut self.rtc));
+        self.drain(now, sink)?;
+        r
+    }
+
+    /// Polls str0m until it has nothing more to say.
+    fn drain(&mut self, now: Instant, sink: &mut Sink) -> Result<(), Failure> {
+        loop {
+            let out = match guarded(|| self.rtc.poll_output()) {
+                Ok(Ok(o)) => o,
+                _ => return Err(Failure::Rtc),
+            };
+            let event = match out {
+                Output::Timeout(t) => {
+                    self.wake = Some(t.max(now));
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    sink.out.push_back(MediaEvent::Transmit {
+                        destination: t.destination,
+                        contents: t.contents,
+                    });
+                    continue;
+                }
+                Output::Event(e) => e,
+            };
+            let event = match event {
+                Event::Connected => PeerEvent::Connected,
+                Event::IceConnectionStateChange(s) => match s {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        PeerEvent::IceConnected
+                    }
+                    IceConnectionState::Disconnected => PeerEvent::IceDisconnected,
+                    _ => continue,
+                },
+                Event::MediaAdded(m) if m.direction.is_receiving() => {
+                    PeerEvent::MediaAdded(m.mid, m.kind)
+                }
+                Event::RtpPacket(pkt) => {
+                    let ssrc = pkt.header.ssrc;
+                    let mid = guarded(|| self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()));
+                    match mid {
+                        Ok(Some(mid)) => PeerEvent::Rtp(mid, pkt),
+                        Ok(None) => continue,
+                        Err(f) => return Err(f),
+                    }
+                }
+                Event::KeyframeRequest(r) => PeerEvent::KeyframeRequest(r.mid, r.kind),
+                Event::MediaEgressStats(s) => PeerEvent::Egress(s),
+                Event::MediaIngressStats(s) => PeerEvent::Ingress(s),
+                _ => continue,
+            };
+            sink.events.push_back((self.id, event));
+        }
+    }
+}
+
+pub fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}

@@ -1,0 +1,105 @@
+//! A Room: the media side of one call on a Worker: which member's Peer is which, and the
+//! publisher→subscriptions index the fan-out walks (no search of every member per packet).
+//!
+//! Invariant: an index entry exists exactly while its Subscription is in its subscriber Peer.
+
+use std::collections::HashMap;
+
+use str0m::media::Mid;
+
+use super::peer::PeerId;
+use super::subscription::SubId;
+
+#[derive(Default)]
+pub struct Room {
+    members: Vec<(String, PeerId)>,
+    fanout: HashMap<(PeerId, Mid), Vec<(PeerId, SubId)>>,
+    /// Whether the last volume report had someone audible.
+    pub audible: bool,
+}
+
+impl Room {
+    pub fn peer_of(&self, user: &str) -> Option<PeerId> {
+        self.members
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, p)| *p)
+    }
+
+    /// `user`'s Peer is now `id` (replacing any earlier one).
+    pub fn join(&mut self, user: &str, id: PeerId) {
+        match self.members.iter_mut().find(|(u, _)| u == user) {
+            Some(m) => m.1 = id,
+            None => self.members.push((user.to_string(), id)),
+        }
+    }
+
+    /// Forgets Peer `id`: as a member, as a publisher and as a subscriber.
+    pub fn leave(&mut self, id: PeerId) {
+        self.members.retain(|(_, p)| *p != id);
+        self.fanout.retain(|(publisher, _), subs| {
+            subs.retain(|(s, _)| *s != id);
+            *publisher != id
+        });
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.members.iter().map(|(_, p)| *p)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn subscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId, sub: SubId) {
+        self.fanout
+            .entry((publisher, mid))
+            .or_default()
+            .push((subscriber, sub));
+    }
+
+    pub fn unsubscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId) {
+        if let Some(subs) = self.fanout.get_mut(&(publisher, mid)) {
+            subs.retain(|(s, _)| *s != subscriber);
+        }
+    }
+
+    /// Who receives `publisher`'s track `mid`.
+    pub fn subscribers(&self, publisher: PeerId, mid: Mid) -> &[(PeerId, SubId)] {
+        self.fanout
+            .get(&(publisher, mid))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_follows_subscriptions_and_members() {
+        let (a, b, c) = (PeerId::new(0, 0), PeerId::new(1, 0), PeerId::new(2, 0));
+        let mut r = Room::default();
+        r.join("a", a);
+        r.join("b", b);
+        r.join("c", c);
+        let m = Mid::from("0");
+        r.subscribe(a, m, b, 0);
+        r.subscribe(a, m, c, 3);
+        r.subscribe(b, m, a, 1);
+        assert_eq!(r.subscribers(a, m), &[(b, 0), (c, 3)]);
+        r.unsubscribe(a, m, b);
+        assert_eq!(r.subscribers(a, m), &[(c, 3)]);
+        r.leave(c);
+        assert!(r.subscribers(a, m).is_empty());
+        r.leave(a);
+        assert!(r.subscribers(b, m).is_empty(), "a no longer subscribes");
+        assert_eq!(r.peer_of("b"), Some(b));
+        assert_eq!(r.peer_of("a"), None);
+        // A reconnect replaces the member's Peer.
+        let b2 = PeerId::new(1, 1);
+        r.join("b", b2);
+        assert_eq!(r.peer_of("b"), Some(b2));
+        assert_eq!(r.peers().count(), 1);
+    }
+}

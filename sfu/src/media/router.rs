@@ -1,0 +1,87 @@
+//! The Router: which Peer a datagram is for, in O(1): by source address once a Peer accepted
+//! it, by the STUN username (our ICE ufrag) before. Never a scan of all Peers.
+//!
+//! Invariant: an entry points at a live Peer; a Peer's entries go with it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::peer::PeerId;
+
+#[derive(Default)]
+pub struct Router {
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+}
+
+impl Router {
+    pub fn route(&self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+        if let Some(&id) = self.by_addr.get(&source) {
+            return Some(id);
+        }
+        let stun = str0m::ice::StunMessage::parse(contents).ok()?;
+        let (ours, _theirs) = stun.split_username()?;
+        self.by_ufrag.get(ours).copied()
+    }
+
+    pub fn add_peer(&mut self, ufrag: &str, id: PeerId) {
+        self.by_ufrag.insert(ufrag.to_string(), id);
+    }
+
+    /// `source` is one of Peer `id`'s addresses (its Rtc accepted a datagram from it).
+    pub fn learn(&mut self, source: SocketAddr, id: PeerId) {
+        self.by_addr.insert(source, id);
+    }
+
+    pub fn remove_peer(&mut self, id: PeerId, ufrag: &str, addrs: &[SocketAddr]) {
+        for a in addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        if self.by_ufrag.get(ufrag) == Some(&id) {
+            self.by_ufrag.remove(ufrag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A STUN binding request carrying only USERNAME `user`.
+    fn binding(user: &str) -> Vec<u8> {
+        let mut attr = vec![0x00, 0x06];
+        attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
+        attr.extend_from_slice(user.as_bytes());
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+        m.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attr);
+        m
+    }
+
+    #[test]
+    fn routes_by_ufrag_then_by_address() {
+        let (a, b) = (PeerId::new(0, 0), PeerId::new(1, 0));
+        let mut r = Router::default();
+        r.add_peer("ufA", a);
+        r.add_peer("ufB", b);
+        let src: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert_eq!(r.route(src, &binding("ufB:theirs")), Some(b));
+        assert_eq!(r.route(src, &binding("nobody:theirs")), None);
+        assert_eq!(r.route(src, b"\x80\x60junk"), None);
+        r.learn(src, a);
+        assert_eq!(r.route(src, b"\x80\x60rtp"), Some(a));
+        r.remove_peer(a, "ufA", &[src]);
+        assert_eq!(r.route(src, b"\x80\x60rtp"), None);
+        assert_eq!(r.route(src, &binding("ufA:x")), None);
+        // A stale Peer's removal leaves a newer owner of the ufrag alone.
+        r.remove_peer(a, "ufB", &[]);
+        assert_eq!(r.route(src, &binding("ufB:x")), Some(b));
+    }
+}

@@ -1,0 +1,212 @@
+//! A Track: one stream a member publishes (their `sendonly` m-line, our `recvonly`), as the
+//! server receives it: its current source (SSRC), loss and jitter counters, availability, the
+//! speaking level of audio, and the throttle on keyframe requests toward it.
+//!
+//! Invariant: counters survive a source change (a new SSRC on the m-line): the new source's
+//! sequence space is booked on top of the old one, never compared with it.
+
+use std::time::{Duration, Instant};
+
+use analytics::{Availability, AvailabilityConfig, Jitter};
+use str0m::media::{MediaKind, Mid};
+use str0m::rtp::{RtpPacket, Ssrc};
+
+use super::keyframe::KeyframeThrottle;
+use super::level::{DECODE_AFTER, OpusLevel};
+
+/// What one received packet changed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Received {
+    /// Availability flipped to this value.
+    pub available: Option<bool>,
+    /// Audio time the packet covers (for volume weighting).
+    pub duration: Duration,
+    /// The packet starts a new source (the SSRC changed).
+    pub new_source: bool,
+}
+
+pub struct Track {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// Bumped on every source change; subscriptions compare it with what they last saw.
+    pub epoch: u32,
+    pub keyframe: KeyframeThrottle,
+    pub availability: Availability,
+    ssrc: Option<Ssrc>,
+    /// Extended sequence numbers of the current source: first, highest, and packets received.
+    first_seq: Option<u64>,
+    highest_seq: u64,
+    received: u64,
+    /// (expected, lost) of earlier sources.
+    carried: (u64, i64),
+    jitter: Jitter,
+    last_ts: Option<u32>,
+    /// Consecutive audio packets without the audio-level extension, and the Opus decoder
+    /// that measures the level once there were enough of them.
+    no_level_ext: u32,
+    meter: Option<OpusLevel>,
+}
+
+impl Track {
+    /// A new track, muted if its member is (availability waits for unmute and media).
+    pub fn new(mid: Mid, kind: MediaKind, muted: bool) -> Self {
+        let cfg = match kind {
+            MediaKind::Audio => AvailabilityConfig::AUDIO,
+            MediaKind::Video => AvailabilityConfig::VIDEO,
+        };
+        let mut availability = Availability::new(cfg);
+        availability.set_muted(muted);
+        availability.set_published(true);
+        Self {
+            mid,
+            kind,
+            epoch: 0,
+            keyframe: KeyframeThrottle::default(),
+            availability,
+            ssrc: None,
+            first_seq: None,
+            highest_seq: 0,
+            received: 0,
+            carried: (0, 0),
+            jitter: Jitter::new(clock_rate(kind)),
+            last_ts: None,
+            no_level_ext: 0,
+            meter: None,
+        }
+    }
+
+    /// Books one new packet: source, loss counters, jitter, availability.
+    pub fn on_packet(&mut self, pkt: &RtpPacket, now: Instant) -> Received {
+        let ssrc = pkt.header.ssrc;
+        let new_source = self.ssrc.is_some_and(|s| s != ssrc);
+        if new_source {
+            self.epoch = self.epoch.wrapping_add(1);
+            let (e, l) = self.counters_of_source();
+            self.carried = (self.carried.0 + e, self.carried.1 + l);
+            self.first_seq = None;
+            self.highest_seq = 0;
+            self.received = 0;
+            self.jitter = Jitter::new(clock_rate(self.kind));
+            self.last_ts = None;
+        }
+        self.ssrc = Some(ssrc);
+        let seq = *pkt.seq_no;
+        let first = *self.first_seq.get_or_insert(seq);
+        self.received += 1;
+        if seq >= self.highest_seq || seq == first {
+            self.highest_seq = seq.max(self.highest_seq);
+            self.jitter.on_packet(pkt.timestamp, pkt.header.timestamp);
+        }
+        let duration = match self.last_ts.replace(pkt.header.timestamp) {
+            Some(prev) if self.kind == MediaKind::Audio => {
+                let step = pkt.header.timestamp.wrapping_sub(prev);
+                Duration::from_micros((u64::from(step) * 1000 / 48).min(120_000))
+            }
+            _ => Duration::from_millis(20),
+        };
+        Received {
+            available: self.availability.on_packet(now),
+            duration,
+            new_source,
+        }
+    }
+
+    /// The packet's level (−dBov): from the RFC 6464 extension, or by decoding the Opus of a
+    /// publisher that does not send it.
+    pub fn audio_level(&mut self, pkt: &RtpPacket) -> Option<u8> {
+        if let Some(l) = pkt.header.ext_vals.audio_level {
+            self.no_level_ext = 0;
+            self.meter = None;
+            return Some(l.unsigned_abs().min(127));
+        }
+        self.no_level_ext = self.no_level_ext.saturating_add(1);
+        if self.no_level_ext >= DECODE_AFTER && self.meter.is_none() {
+            self.meter = OpusLevel::new();
+        }
+        self.meter.as_mut()?.level(&pkt.payload)
+    }
+
+    /// Cumulative (expected, lost) over every source, for windowed loss.
+    pub fn counters(&self) -> Option<(u64, i64)> {
+        self.first_seq?;
+        let (e, l) = self.counters_of_source();
+        Some((self.carried.0 + e, self.carried.1 + l))
+    }
+
+    pub fn jitter_ms(&self) -> f64 {
+        self.jitter.ms()
+    }
+
+    fn counters_of_source(&self) -> (u64, i64) {
+        match self.first_seq {
+            Some(first) => {
+                let expected = self.highest_seq - first + 1;
+                (expected, expected as i64 - self.received as i64)
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+pub fn clock_rate(kind: MediaKind) -> u32 {
+    match kind {
+        MediaKind::Audio => 48_000,
+        MediaKind::Video => 90_000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::rtp::{RtpHeader, SeqNo};
+
+    fn pkt(ssrc: u32, seq: u64, ts: u32, at: Instant) -> RtpPacket {
+        let header = RtpHeader {
+            ssrc: ssrc.into(),
+            sequence_number: seq as u16,
+            timestamp: ts,
+            ..Default::default()
+        };
+        RtpPacket {
+            seq_no: SeqNo::from(seq),
+            time: str0m::media::MediaTime::from_90khz(0),
+            header,
+            payload: vec![0u8; 10].into(),
+            nackable: false,
+            last_sender_info: None,
+            timestamp: at,
+        }
+    }
+
+    #[test]
+    fn loss_is_counted_across_a_source_change() {
+        let t = Instant::now();
+        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, false);
+        for s in [10, 11, 13] {
+            assert!(!tr.on_packet(&pkt(1, s, 0, t), t).new_source);
+        }
+        assert_eq!(tr.counters(), Some((4, 1)));
+        let r = tr.on_packet(&pkt(2, 5000, 0, t), t);
+        assert!(r.new_source);
+        assert_eq!(tr.epoch, 1);
+        tr.on_packet(&pkt(2, 5002, 0, t), t);
+        assert_eq!(tr.counters(), Some((7, 2)));
+    }
+
+    #[test]
+    fn a_muted_track_is_not_available_until_unmuted() {
+        let t = Instant::now();
+        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, true);
+        for i in 0..50u64 {
+            let at = t + Duration::from_millis(20 * i);
+            assert_eq!(tr.on_packet(&pkt(1, i, 0, at), at).available, None);
+        }
+        tr.availability.set_muted(false);
+        let mut flipped = false;
+        for i in 50..80u64 {
+            let at = t + Duration::from_millis(20 * i);
+            flipped |= tr.on_packet(&pkt(1, i, 0, at), at).available == Some(true);
+        }
+        assert!(flipped);
+    }
+}

@@ -1,0 +1,135 @@
+//! Peer lifecycle in the MediaCore: slots with generations, lookups by member, timers, replies
+//! and removal (which unpublishes the Peer's tracks from the rest of its room).
+
+use std::cmp::Reverse;
+
+use std::time::Instant;
+
+use super::{MediaCore, Slot, slot_peer};
+use crate::media::command::Ticket;
+use crate::media::event::{Failure, MediaError, MediaEvent};
+use crate::media::peer::{Peer, PeerId};
+use crate::media::subscription::SubState;
+
+impl MediaCore {
+    pub(super) fn peer(&self, id: PeerId) -> Option<&Peer> {
+        let slot = self.slots.get(id.index())?;
+        (slot.generation == id.generation())
+            .then_some(slot.peer.as_ref())
+            .flatten()
+    }
+
+    pub(super) fn member(&self, call_id: &str, user: &str) -> Option<PeerId> {
+        self.rooms.get(call_id)?.peer_of(user)
+    }
+
+    pub(super) fn member_mut(&mut self, call_id: &str, user: &str) -> Option<&mut Peer> {
+        let id = self.member(call_id, user)?;
+        slot_peer(&mut self.slots, id)
+    }
+
+    /// The id the next inserted Peer gets.
+    pub(super) fn next_id(&self) -> PeerId {
+        match self.free.last() {
+            Some(&index) => PeerId::new(index, self.slots[index as usize].generation),
+            None => PeerId::new(self.slots.len() as u32, 0),
+        }
+    }
+
+    pub(super) fn insert(&mut self, id: PeerId, peer: Peer) {
+        if self.free.last() == Some(&(id.index() as u32)) {
+            self.free.pop();
+            self.slots[id.index()].peer = Some(peer);
+        } else {
+            self.slots.push(Slot {
+                generation: 0,
+                peer: Some(peer),
+            });
+        }
+    }
+
+    /// Keeps Peer `id`'s wake-up in the timer heap after str0m asked for one.
+    pub(super) fn schedule(&mut self, id: PeerId) {
+        let Some(peer) = slot_peer(&mut self.slots, id) else {
+            return;
+        };
+        if let Some(at) = peer.wake
+            && self
+                .timers
+                .peek()
+                .is_none_or(|Reverse((t, p))| (*t, *p) != (at, id))
+        {
+            // Duplicates are harmless: a popped timer that is not the Peer's wake is skipped.
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    pub(super) fn reply(&mut self, ticket: Ticket, result: Result<Option<String>, MediaError>) {
+        self.out.push_back(MediaEvent::Reply { ticket, result });
+    }
+
+    /// Closes and forgets Peer `id`; its tracks leave the others' offers. A failure is
+    /// counted and reported to its member.
+    pub(super) fn remove_peer(&mut self, now: Instant, id: PeerId, failure: Option<Failure>) {
+        let Some(slot) = self.slots.get_mut(id.index()) else {
+            return;
+        };
+        if slot.generation != id.generation() {
+            return;
+        }
+        let Some(mut peer) = slot.peer.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.index() as u32);
+        peer.close();
+        self.router.remove_peer(id, &peer.ufrag, &peer.addrs);
+        let others: Vec<PeerId> = match self.rooms.get_mut(&peer.call_id) {
+            Some(room) => {
+                room.leave(id);
+                let others = room.peers().collect();
+                if room.is_empty() {
+                    self.rooms.remove(&peer.call_id);
+                }
+                others
+            }
+            None => Vec::new(),
+        };
+        if let Some(f) = failure {
+            match f {
+                Failure::Ice => self.counters.ice_failures += 1,
+                Failure::Dtls => self.counters.dtls_failures += 1,
+                Failure::Rtc => self.counters.rtc_failures += 1,
+            }
+            tracing::info!(call_id = %peer.call_id, user = %peer.user, stage = f.as_str(), "media failed");
+            self.out.push_back(MediaEvent::Failed {
+                call_id: peer.call_id.clone(),
+                user: peer.user.clone(),
+                failure: f,
+            });
+        }
+        // Stop forwarding its tracks to the others.
+        for other in others {
+            let Some(o) = slot_peer(&mut self.slots, other) else {
+                continue;
+            };
+            let gone: Vec<_> = o
+                .subs
+                .iter_mut()
+                .filter(|(_, s)| s.source == id)
+                .filter_map(|(sub, s)| match s.state {
+                    SubState::ToOpen => Some(sub),
+                    SubState::Open(m) | SubState::Negotiating(m) => {
+                        s.state = SubState::ToStop(m);
+                        None
+                    }
+                    _ => None,
+                })
+                .collect();
+            for sub in gone {
+                o.subs.remove(sub);
+            }
+            self.negotiate(now, other);
+        }
+    }
+}
