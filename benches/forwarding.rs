@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
                         let t = Instant::now();
                         for (at, from, data) in &datagrams {
                             w.server.handle_datagram(*at, *from, data);
-                            while w.server.poll_output().is_some() {}
+                            while w.server.poll_event().is_some() {}
                         }
                         total += t.elapsed();
                     }

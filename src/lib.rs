@@ -2,3 +2,4 @@
 //! benchmarks in `benches/`, and the in-memory media network they share ([`netsim`]).
 
 pub mod netsim;
+pub mod pair;

@@ -3,16 +3,20 @@
 //! whom. Used by the deterministic media tests and the forwarding benchmark.
 //!
 //! Every test payload starts with the sender's index and the media kind (0 audio, 1 video),
-//! then its sequence number, so receivers count exactly what they got from whom.
+//! then its sequence number, so receivers count exactly what they got from whom. Receivers
+//! also book gaps in the sequence numbers the server wrote for them.
+//!
+//! With [`World::with_model`] the media core is driven by a real [`CallModel`] (a Pair, as in
+//! quinn-proto's tests): clients log in, call, offer and answer through JSON-RPC requests, and
+//! the model's media commands and the core's events flow between the two as in the server.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::media::{Audience, MediaConfig, MediaCore, MediaOutput};
-use sfu::protocol::Notification;
-use str0m::change::{SdpAnswer, SdpOffer};
+use sfu::media::{Command, MediaConfig, MediaCore, MediaError, MediaEvent, MemberMedia};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -56,6 +60,17 @@ pub struct Client {
     pub level: u8,
     /// When set, audio is real Opus of a tone at `level` and carries no audio-level extension.
     pub opus: Option<opus::Encoder>,
+    /// Our offer waiting for the server's answer, and the ticket (or request id) it went with.
+    pub pending: Option<(u64, SdpPendingOffer)>,
+    /// The mute/hold state the call model would hold for this member.
+    pub state: MemberMedia,
+    /// (sender, kind) -> highest sequence number received (as the server wrote it)
+    pub last_seq: BTreeMap<(u8, u8), u64>,
+    /// (sender, kind) -> sequence numbers skipped (gaps), and the largest single jump
+    pub gaps: BTreeMap<(u8, u8), u64>,
+    pub max_jump: u64,
+    /// Packets sent per track per send tick (to compress long runs of virtual time).
+    pub burst: u32,
 }
 
 impl Client {
@@ -83,6 +98,12 @@ impl Client {
             sending: true,
             level: 30,
             opus: None,
+            pending: None,
+            state: MemberMedia::default(),
+            last_seq: BTreeMap::new(),
+            gaps: BTreeMap::new(),
+            max_jump: 0,
+            burst: 1,
         }
     }
 
@@ -131,8 +152,13 @@ pub struct World {
     /// Uniform extra delay 0..=J per link.
     pub jitter: HashMap<(SocketAddr, SocketAddr), Duration>,
     pub media_dropped: u64,
-    /// What the server asked to tell members: (when, audience, notification).
-    pub notices: Vec<(Instant, Audience, Notification)>,
+    /// What the server reported (volume, quality, availability, failures), and when.
+    pub notices: Vec<(Instant, MediaEvent)>,
+    /// Replies to offers and answers, by ticket.
+    pub replies: HashMap<u64, Result<Option<String>, MediaError>>,
+    pub next_ticket: u64,
+    /// The call model driving the core, when the world is a Pair.
+    pub model: Option<crate::pair::Signaling>,
     pub rng: Rng,
     pub next_audio: Instant,
     pub next_video: Instant,
@@ -153,6 +179,9 @@ impl World {
             jitter: HashMap::new(),
             media_dropped: 0,
             notices: Vec::new(),
+            replies: HashMap::new(),
+            next_ticket: 0,
+            model: None,
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             next_audio: now,
             next_video: now,
@@ -207,35 +236,114 @@ impl World {
 
     /// Like [`World::join`], in an audio-only call when `video_call` is false.
     pub fn join_call(&mut self, name: &str, media: &[MediaKind], video_call: bool) -> usize {
+        self.join_with(name, media, video_call, MemberMedia::default())
+    }
+
+    /// Joins with the given mute/hold state already set (as the call model would carry it).
+    pub fn join_with(
+        &mut self,
+        name: &str,
+        media: &[MediaKind],
+        video_call: bool,
+        state: MemberMedia,
+    ) -> usize {
         let index = self.clients.len() as u8;
         let mut c = Client::new(index, name, self.now);
+        c.state = state;
+        self.clients.push(c);
+        let i = self.clients.len() - 1;
+        self.offer(i, media, video_call);
+        i
+    }
+
+    /// Client `i` (re)connects: a fresh str0m Peer on the same address offers `media`, as a
+    /// client does after a reconnect. What it received so far is kept.
+    pub fn reconnect(&mut self, i: usize, media: &[MediaKind], video_call: bool) {
+        let old = &self.clients[i];
+        let mut c = Client::new(old.index, &old.name.clone(), self.now);
+        c.state = old.state;
+        c.got = old.got.clone();
+        c.sent = old.sent;
+        c.level = old.level;
+        c.burst = old.burst;
+        self.clients[i] = c;
+        self.offer(i, media, video_call);
+    }
+
+    fn offer(&mut self, i: usize, media: &[MediaKind], video_call: bool) {
+        let c = &mut self.clients[i];
         let mut api = c.rtc.sdp_api();
         let mut mids = Vec::new();
         for &k in media {
             mids.push((api.add_media(k, Direction::SendOnly, None, None, None), k));
         }
         let (offer, pending) = api.apply().expect("an offer");
-        let answer = self
-            .server
-            .offer(self.now, CALL, name, &offer.to_sdp_string(), video_call)
-            .expect("server answers");
-        c.rtc
-            .sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-            .expect("client accepts the answer");
         c.send = mids;
-        self.clients.push(c);
-        let i = self.clients.len() - 1;
         self.drain_client(i);
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.clients[i].pending = Some((ticket, pending));
+        let (name, state) = (self.clients[i].name.clone(), self.clients[i].state);
+        self.command(Command::Offer {
+            call_id: CALL.into(),
+            user: name,
+            sdp: offer.to_sdp_string(),
+            video: video_call,
+            state,
+            ticket,
+        });
+        assert!(
+            matches!(self.replies.get(&ticket), Some(Ok(Some(_)))),
+            "server answers: {:?}",
+            self.replies.get(&ticket)
+        );
+    }
+
+    /// Hands a command to the server and carries out what follows.
+    pub fn command(&mut self, cmd: Command) {
+        self.server.handle_command(self.now, cmd);
         self.drain_server();
-        i
+    }
+
+    /// Sets member `i`'s mute state (`None` keeps it), as the call model would.
+    pub fn mute(&mut self, i: usize, audio: Option<bool>, video: Option<bool>) {
+        let c = &mut self.clients[i];
+        if let Some(a) = audio {
+            c.state.audio_muted = a;
+        }
+        if let Some(v) = video {
+            c.state.video_muted = v;
+        }
+        self.set_state(i);
+    }
+
+    pub fn hold(&mut self, i: usize, held: bool) {
+        self.clients[i].state.held = held;
+        self.set_state(i);
+    }
+
+    fn set_state(&mut self, i: usize) {
+        let (user, state) = (self.clients[i].name.clone(), self.clients[i].state);
+        self.command(Command::SetState {
+            call_id: CALL.into(),
+            user,
+            state,
+        });
     }
 
     pub fn leave(&mut self, i: usize) {
-        let name = self.clients[i].name.clone();
-        self.server.remove_member(CALL, &name);
+        let user = self.clients[i].name.clone();
         self.clients[i].sending = false;
-        self.drain_server();
+        self.command(Command::Leave {
+            call_id: CALL.into(),
+            user,
+        });
+    }
+
+    pub fn end_call(&mut self) {
+        self.command(Command::EndCall {
+            call_id: CALL.into(),
+        });
     }
 
     pub fn drain_client(&mut self, i: usize) {
@@ -254,6 +362,14 @@ impl World {
                             let sender = p.payload[0];
                             let kind = p.payload[1];
                             *c.got.entry((sender, kind)).or_default() += 1;
+                            let seq = *p.seq_no;
+                            let last = c.last_seq.entry((sender, kind)).or_insert(seq - 1);
+                            if seq > *last {
+                                let jump = seq - *last;
+                                c.max_jump = c.max_jump.max(jump);
+                                *c.gaps.entry((sender, kind)).or_default() += jump - 1;
+                                *last = seq;
+                            }
                         }
                         Event::KeyframeRequest(_) => c.keyframe_requests += 1,
                         Event::MediaAdded(m) if m.direction.is_receiving() => {
@@ -266,36 +382,86 @@ impl World {
         }
     }
 
+    /// Carries out what the server produced: datagrams onto the network, replies to the
+    /// clients' offers, our offers answered by the clients; reports are kept in `notices`.
     pub fn drain_server(&mut self) {
-        while let Some(o) = self.server.poll_output() {
-            match o {
-                MediaOutput::Transmit {
+        loop {
+            let Some(ev) = self.server.poll_event() else {
+                if self.model.is_some() && crate::pair::settle(self) {
+                    continue;
+                }
+                return;
+            };
+            match ev {
+                MediaEvent::Transmit {
                     destination,
                     contents,
                 } => self.send(server_addr(), destination, contents.to_vec()),
-                MediaOutput::Notify {
-                    audience,
-                    notification,
-                    ..
-                } => self.notices.push((self.now, audience, notification)),
-                MediaOutput::Offer { user, sdp, .. } => {
+                ev if self.model.is_some() => crate::pair::to_model(self, ev),
+                MediaEvent::Reply { ticket, result } => {
+                    self.answered(ticket, result.as_ref().ok().cloned().flatten());
+                    self.replies.insert(ticket, result);
+                }
+                MediaEvent::Offer { user, sdp, .. } => {
                     let i = self
                         .clients
                         .iter()
                         .position(|c| c.name == user)
                         .expect("offer for a known client");
-                    let answer = self.clients[i]
-                        .rtc
-                        .sdp_api()
-                        .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
-                        .expect("client accepts our offer");
-                    self.drain_client(i);
-                    self.server
-                        .answer(self.now, CALL, &user, &answer.to_sdp_string())
-                        .expect("server takes the answer");
+                    let answer = self.client_answers(i, &sdp);
+                    self.next_ticket += 1;
+                    let ticket = self.next_ticket;
+                    self.server.handle_command(
+                        self.now,
+                        Command::Answer {
+                            call_id: CALL.into(),
+                            user,
+                            sdp: answer,
+                            ticket,
+                        },
+                    );
                 }
+                other => self.notices.push((self.now, other)),
             }
         }
+    }
+
+    /// The server's answer `sdp` to the client offer sent with `ticket`.
+    pub fn answered(&mut self, ticket: u64, sdp: Option<String>) {
+        let Some(i) = self
+            .clients
+            .iter()
+            .position(|c| c.pending.as_ref().is_some_and(|(t, _)| *t == ticket))
+        else {
+            return;
+        };
+        let Some((_, pending)) = self.clients[i].pending.take() else {
+            return;
+        };
+        if let Some(sdp) = sdp {
+            self.clients[i]
+                .rtc
+                .sdp_api()
+                .accept_answer(pending, SdpAnswer::from_sdp_string(&sdp).unwrap())
+                .expect("client accepts the answer");
+            self.drain_client(i);
+        }
+    }
+
+    /// Client `i` accepts our offer; returns its answer.
+    pub fn client_answers(&mut self, i: usize, sdp: &str) -> String {
+        assert!(
+            self.clients[i].pending.is_none(),
+            "{}: the server offered before answering the client's offer",
+            self.clients[i].name
+        );
+        let answer = self.clients[i]
+            .rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(sdp).unwrap())
+            .expect("client accepts our offer");
+        self.drain_client(i);
+        answer.to_sdp_string()
     }
 
     pub fn send_media(&mut self, kind: MediaKind) {
@@ -317,7 +483,13 @@ impl World {
             else {
                 continue;
             };
-            for &(mid, k) in &c.send.clone() {
+            let burst = c.burst as usize;
+            let tracks: Vec<(Mid, MediaKind)> = c
+                .send
+                .iter()
+                .flat_map(|&t| std::iter::repeat_n(t, burst))
+                .collect();
+            for (mid, k) in tracks {
                 if k != kind {
                     continue;
                 }

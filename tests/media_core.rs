@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sfu_suite::netsim::{CALL, World, assert_exact_mesh, measured_call, server_addr};
+use sfu::media::{Command, MemberMedia};
 use str0m::media::{KeyframeRequestKind, MediaKind};
 
 #[test]
@@ -138,7 +139,7 @@ fn members_leave_and_join_mid_call() {
         0,
         "dave never hears carol"
     );
-    w.server.end_call(CALL);
+    w.end_call();
     assert_eq!(w.server.peers(), 0);
     assert_eq!(w.server.calls(), 0);
 }
@@ -150,8 +151,8 @@ fn hold_and_mute_stop_the_right_streams() {
     measured_call(&mut w, &["alice", "bob", "carol"], &media, 1);
     w.run(Duration::from_millis(200));
     // bob mutes audio; carol is on hold.
-    w.server.set_mute(CALL, "bob", Some(true), None);
-    w.server.set_hold(CALL, "carol", true);
+    w.mute(1, Some(true), None);
+    w.hold(2, true);
     w.run(Duration::from_millis(100));
     let before = w.snapshot();
     w.run(Duration::from_secs(2));
@@ -175,8 +176,8 @@ fn hold_and_mute_stop_the_right_streams() {
         "alice and bob unaffected"
     );
     // Resume.
-    w.server.set_mute(CALL, "bob", Some(false), None);
-    w.server.set_hold(CALL, "carol", false);
+    w.mute(1, Some(false), None);
+    w.hold(2, false);
     let before = w.snapshot();
     w.run(Duration::from_secs(1));
     let after = w.snapshot();
@@ -198,14 +199,40 @@ fn garbage_datagrams_and_bad_sdp_are_rejected() {
         w.server.handle_datagram(w.now, stranger, data);
     }
     assert!(w.server.counters().datagrams_unrouted >= 4);
-    assert!(w.server.offer(w.now, CALL, "bob", "not sdp", true).is_err());
-    assert!(
-        w.server
-            .offer(w.now, CALL, "bob", &"v=0\r\n".repeat(20000), true)
-            .is_err()
-    );
-    assert!(w.server.answer(w.now, CALL, "alice", "v=0\r\n").is_err());
-    assert!(w.server.answer(w.now, CALL, "nobody", "v=0\r\n").is_err());
+    let bad = |w: &mut World, cmd: fn(u64) -> Command| {
+        w.next_ticket += 1;
+        let t = w.next_ticket;
+        w.command(cmd(t));
+        assert!(matches!(w.replies.get(&t), Some(Err(_))), "{:?}", w.replies.get(&t));
+    };
+    bad(&mut w, |ticket| Command::Offer {
+        call_id: CALL.into(),
+        user: "bob".into(),
+        sdp: "not sdp".into(),
+        video: true,
+        state: MemberMedia::default(),
+        ticket,
+    });
+    bad(&mut w, |ticket| Command::Offer {
+        call_id: CALL.into(),
+        user: "bob".into(),
+        sdp: "v=0\r\n".repeat(20000),
+        video: true,
+        state: MemberMedia::default(),
+        ticket,
+    });
+    bad(&mut w, |ticket| Command::Answer {
+        call_id: CALL.into(),
+        user: "alice".into(),
+        sdp: "v=0\r\n".into(),
+        ticket,
+    });
+    bad(&mut w, |ticket| Command::Answer {
+        call_id: CALL.into(),
+        user: "nobody".into(),
+        sdp: "v=0\r\n".into(),
+        ticket,
+    });
     w.run(Duration::from_secs(1));
     assert_eq!(w.server.peers(), 1);
 }

@@ -7,33 +7,30 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use analytics::mos::{Conditions, sample};
-use sfu::media::Audience;
-use sfu::protocol::{Notification, QualityDirection};
-use sfu_suite::netsim::{CALL, World, server_addr};
+use sfu::media::{Leg, MediaEvent};
+use sfu_suite::netsim::{World, server_addr};
 use str0m::media::MediaKind;
 
 fn addr(i: usize) -> SocketAddr {
     format!("10.0.1.{}:6000", i + 1).parse().unwrap()
 }
 
-/// (user, direction, mos, rtt, jitter, loss) of every quality notice after `since`.
-fn qualities(w: &World, since: Instant) -> Vec<(String, QualityDirection, f64, f64, f64, f64)> {
+/// (user, leg, mos, rtt, jitter, loss) of every quality report after `since`.
+fn qualities(w: &World, since: Instant) -> Vec<(String, Leg, f64, f64, f64, f64)> {
     w.notices
         .iter()
-        .filter(|(t, _, _)| *t >= since)
-        .filter_map(|(_, a, n)| match n {
-            Notification::Quality {
-                user,
-                direction,
-                mos,
-                rtt_ms,
-                jitter_ms,
-                loss,
-                ..
-            } => {
-                assert_eq!(*a, Audience::All, "quality goes to every member");
-                Some((user.clone(), *direction, *mos, *rtt_ms, *jitter_ms, *loss))
-            }
+        .filter(|(t, _)| *t >= since)
+        .filter_map(|(_, n)| match n {
+            MediaEvent::Quality {
+                user, leg, report, ..
+            } => Some((
+                user.clone(),
+                *leg,
+                report.mos,
+                report.rtt_ms,
+                report.jitter_ms,
+                report.loss,
+            )),
             _ => None,
         })
         .collect()
@@ -61,11 +58,11 @@ fn impaired(loss: f64, jitter: Duration) -> (f64, f64, f64, f64) {
     let q = qualities(&w, since);
     let up: Vec<_> = q
         .iter()
-        .filter(|s| s.0 == "alice" && s.1 == QualityDirection::Up)
+        .filter(|s| s.0 == "alice" && s.1 == Leg::Up)
         .collect();
     let down: Vec<_> = q
         .iter()
-        .filter(|s| s.0 == "bob" && s.1 == QualityDirection::Down)
+        .filter(|s| s.0 == "bob" && s.1 == Leg::Down)
         .collect();
     assert!(up.len() >= 5, "alice up samples: {up:?}");
     assert!(down.len() >= 4, "bob down samples: {down:?}");
@@ -120,12 +117,9 @@ fn uplink_impairment_moves_mos_as_the_e_model_says() {
 fn volumes(w: &World, since: Instant) -> Vec<(Vec<(String, u8)>, u8)> {
     w.notices
         .iter()
-        .filter(|(t, _, _)| *t >= since)
-        .filter_map(|(_, _, n)| match n {
-            Notification::Volume { volumes, total, .. } => Some((
-                volumes.iter().map(|v| (v.user.clone(), v.volume)).collect(),
-                *total,
-            )),
+        .filter(|(t, _)| *t >= since)
+        .filter_map(|(_, n)| match n {
+            MediaEvent::Volume { volumes, total, .. } => Some((volumes.clone(), *total)),
             _ => None,
         })
         .collect()
@@ -163,31 +157,15 @@ fn known_audio_levels_give_the_formula_volume() {
 fn availability(w: &World, since: Instant, user: &str, kind: MediaKind) -> Vec<(Instant, bool)> {
     w.notices
         .iter()
-        .filter(|(t, _, _)| *t >= since)
-        .filter_map(|(t, a, n)| {
-            let (u, avail) = match (n, kind) {
-                (
-                    Notification::AudioAvailable {
-                        user, available, ..
-                    },
-                    MediaKind::Audio,
-                ) => (user, *available),
-                (
-                    Notification::VideoAvailable {
-                        user, available, ..
-                    },
-                    MediaKind::Video,
-                ) => (user, *available),
-                _ => return None,
-            };
-            (u == user).then(|| {
-                assert_eq!(
-                    *a,
-                    Audience::Others(user.to_string()),
-                    "not told to themselves"
-                );
-                (*t, avail)
-            })
+        .filter(|(t, _)| *t >= since)
+        .filter_map(|(t, n)| match n {
+            MediaEvent::Available {
+                user: u,
+                kind: k,
+                available,
+                ..
+            } if u == user && *k == kind => Some((*t, *available)),
+            _ => None,
         })
         .collect()
 }
@@ -235,11 +213,11 @@ fn availability_follows_publication_stalls_and_mute() {
     assert!(a[0].0 - resume <= Duration::from_millis(700));
 
     // Mute is announced by signaling; the media side stays silent, then reports the return.
-    w.server.set_mute(CALL, "alice", Some(true), None);
+    w.mute(0, Some(true), None);
     let muted = w.now;
     w.run(Duration::from_secs(3));
     assert_eq!(availability(&w, muted, "alice", MediaKind::Audio), []);
-    w.server.set_mute(CALL, "alice", Some(false), None);
+    w.mute(0, Some(false), None);
     let unmuted = w.now;
     w.run(Duration::from_secs(1));
     let a = availability(&w, unmuted, "alice", MediaKind::Audio);
@@ -279,7 +257,7 @@ fn muted_members_are_not_heard_in_volume() {
     w.join("bob", &[MediaKind::Audio]);
     w.clients[1].level = 127;
     w.run(Duration::from_secs(2));
-    w.server.set_mute(CALL, "alice", Some(true), None);
+    w.mute(0, Some(true), None);
     w.run(Duration::from_millis(700));
     let since = w.now;
     w.run(Duration::from_secs(2));
