@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sfu::protocol::{EndReason, Method, Outbound};
-use sfu::signaling::{CallEvent, CallModel, ConnId, MediaCommand, ModelConfig, Output, PushNotice};
+use sfu::media::{Command as MediaCommand, MediaEvent, MemberMedia};
+use sfu::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output, PushNotice};
 
 const INVITE: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(10);
@@ -1267,35 +1268,59 @@ fn media_requests_go_to_the_worker_and_back() {
         !h.responses.contains_key(&(bob, 77)),
         "answered by the worker, later"
     );
-    assert_eq!(
-        h.media,
-        [MediaCommand::Offer {
-            call_id: id.clone(),
-            user: "bob".into(),
-            sdp: "v=0 offer".into(),
-            video: false,
-            conn: bob,
-            id: json!(77),
-        }]
-    );
-    h.model.media_reply(
-        bob,
-        json!(77),
-        Method::Offer,
-        Ok(json!({"sdp": "v=0 answer"})),
-    );
+    let [MediaCommand::Offer {
+        call_id,
+        user,
+        sdp,
+        video: false,
+        state,
+        ticket,
+    }] = &h.media[..]
+    else {
+        panic!("one offer command: {:?}", h.media);
+    };
+    assert_eq!((call_id, user.as_str(), sdp.as_str()), (&id, "bob", "v=0 offer"));
+    assert_eq!(*state, MemberMedia::default());
+    let ticket = *ticket;
+    // An unknown ticket is ignored; the right one answers the request.
+    h.model.media_event(MediaEvent::Reply {
+        ticket: ticket + 100,
+        result: Ok(Some("v=0 wrong".into())),
+    });
+    h.model.media_event(MediaEvent::Reply {
+        ticket,
+        result: Ok(Some("v=0 answer".into())),
+    });
+    h.drain();
     assert_eq!(h.response(bob, 77), Ok(json!({"sdp": "v=0 answer"})));
     // Server offers reach joined members only.
     h.take("bob");
     h.take("carol");
-    h.model.media_offer(&id, "bob", "v=0 renegotiate".into());
-    h.model.media_offer(&id, "carol", "v=0 ringing".into());
+    for (user, sdp) in [("bob", "v=0 renegotiate"), ("carol", "v=0 ringing")] {
+        h.model.media_event(MediaEvent::Offer {
+            call_id: id.clone(),
+            user: user.into(),
+            sdp: sdp.into(),
+        });
+    }
+    h.drain();
     h.expect(
         "bob",
         &[("offer", json!({"call_id": id, "sdp": "v=0 renegotiate"}))],
     );
     h.quiet(&["carol"]);
-    // Candidates, hold and mute are passed on.
+    // A failed Peer is told to its member, who is still in the call.
+    h.model.media_event(MediaEvent::Failed {
+        call_id: id.clone(),
+        user: "bob".into(),
+        failure: sfu::media::Failure::Dtls,
+    });
+    h.drain();
+    h.expect(
+        "bob",
+        &[("media_failed", json!({"call_id": id, "reason": "dtls"}))],
+    );
+    // Candidates pass on; hold and mute carry the member's whole state.
     h.media.clear();
     h.req(
         "bob",
@@ -1308,15 +1333,32 @@ fn media_requests_go_to_the_worker_and_back() {
     h.req("bob", Method::Mute, json!({"call_id": id, "video": true}))
         .unwrap();
     assert_eq!(h.media.len(), 3);
-    assert!(matches!(&h.media[1], MediaCommand::Hold { held: true, .. }));
-    assert!(matches!(
-        &h.media[2],
-        MediaCommand::Mute {
-            audio: None,
-            video: Some(true),
-            ..
-        }
-    ));
+    assert!(matches!(&h.media[0], MediaCommand::Candidate { .. }));
+    let held = MemberMedia {
+        held: true,
+        ..MemberMedia::default()
+    };
+    let held_muted = MemberMedia {
+        video_muted: true,
+        ..held
+    };
+    assert!(matches!(&h.media[1], MediaCommand::SetState { state, .. } if *state == held));
+    assert!(matches!(&h.media[2], MediaCommand::SetState { state, .. } if *state == held_muted));
+    // A re-offer (as after a reconnect) carries that state.
+    h.media.clear();
+    h.model.request(
+        h.now,
+        bob,
+        json!(78),
+        Method::Offer,
+        json!({"call_id": id, "sdp": "v=0 again"}),
+    );
+    h.drain();
+    assert!(
+        matches!(&h.media[..], [MediaCommand::Offer { state, .. }] if *state == held_muted),
+        "{:?}",
+        h.media
+    );
     // Leaving closes the member's Peer; the end of the call closes the rest.
     h.media.clear();
     h.ok("bob", Method::Hangup, &id);

@@ -49,7 +49,8 @@ impl Router {
 mod tests {
     use super::*;
 
-    /// A STUN binding request carrying only USERNAME `user`.
+    /// A STUN binding request with USERNAME `user`, PRIORITY and a (wrong) MESSAGE-INTEGRITY:
+    /// routing reads the username only; the Peer's str0m checks the integrity.
     fn binding(user: &str) -> Vec<u8> {
         let mut attr = vec![0x00, 0x06];
         attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
@@ -57,6 +58,9 @@ mod tests {
         while attr.len() % 4 != 0 {
             attr.push(0);
         }
+        attr.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0, 0, 0, 1]);
+        attr.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+        attr.extend_from_slice(&[0xab; 20]);
         let mut m = vec![0x00, 0x01];
         m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
         m.extend_from_slice(&0x2112_a442u32.to_be_bytes());

@@ -14,6 +14,27 @@ use str0m::rtp::{RtpPacket, Ssrc};
 use super::keyframe::KeyframeThrottle;
 use super::level::{DECODE_AFTER, OpusLevel};
 
+/// The facts of one received packet the Track books.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub ssrc: Ssrc,
+    /// Extended sequence number.
+    pub seq: u64,
+    pub rtp_ts: u32,
+    pub at: Instant,
+}
+
+impl Arrival {
+    pub fn of(pkt: &RtpPacket) -> Self {
+        Self {
+            ssrc: pkt.header.ssrc,
+            seq: *pkt.seq_no,
+            rtp_ts: pkt.header.timestamp,
+            at: pkt.timestamp,
+        }
+    }
+}
+
 /// What one received packet changed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Received {
@@ -76,8 +97,8 @@ impl Track {
     }
 
     /// Books one new packet: source, loss counters, jitter, availability.
-    pub fn on_packet(&mut self, pkt: &RtpPacket, now: Instant) -> Received {
-        let ssrc = pkt.header.ssrc;
+    pub fn on_packet(&mut self, pkt: Arrival, now: Instant) -> Received {
+        let ssrc = pkt.ssrc;
         let new_source = self.ssrc.is_some_and(|s| s != ssrc);
         if new_source {
             self.epoch = self.epoch.wrapping_add(1);
@@ -90,16 +111,16 @@ impl Track {
             self.last_ts = None;
         }
         self.ssrc = Some(ssrc);
-        let seq = *pkt.seq_no;
+        let seq = pkt.seq;
         let first = *self.first_seq.get_or_insert(seq);
         self.received += 1;
         if seq >= self.highest_seq || seq == first {
             self.highest_seq = seq.max(self.highest_seq);
-            self.jitter.on_packet(pkt.timestamp, pkt.header.timestamp);
+            self.jitter.on_packet(pkt.at, pkt.rtp_ts);
         }
-        let duration = match self.last_ts.replace(pkt.header.timestamp) {
+        let duration = match self.last_ts.replace(pkt.rtp_ts) {
             Some(prev) if self.kind == MediaKind::Audio => {
-                let step = pkt.header.timestamp.wrapping_sub(prev);
+                let step = pkt.rtp_ts.wrapping_sub(prev);
                 Duration::from_micros((u64::from(step) * 1000 / 48).min(120_000))
             }
             _ => Duration::from_millis(20),
@@ -158,23 +179,13 @@ pub fn clock_rate(kind: MediaKind) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use str0m::rtp::{RtpHeader, SeqNo};
 
-    fn pkt(ssrc: u32, seq: u64, ts: u32, at: Instant) -> RtpPacket {
-        let header = RtpHeader {
+    fn pkt(ssrc: u32, seq: u64, rtp_ts: u32, at: Instant) -> Arrival {
+        Arrival {
             ssrc: ssrc.into(),
-            sequence_number: seq as u16,
-            timestamp: ts,
-            ..Default::default()
-        };
-        RtpPacket {
-            seq_no: SeqNo::from(seq),
-            time: str0m::media::MediaTime::from_90khz(0),
-            header,
-            payload: vec![0u8; 10].into(),
-            nackable: false,
-            last_sender_info: None,
-            timestamp: at,
+            seq,
+            rtp_ts,
+            at,
         }
     }
 
@@ -183,13 +194,13 @@ mod tests {
         let t = Instant::now();
         let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, false);
         for s in [10, 11, 13] {
-            assert!(!tr.on_packet(&pkt(1, s, 0, t), t).new_source);
+            assert!(!tr.on_packet(pkt(1, s, 0, t), t).new_source);
         }
         assert_eq!(tr.counters(), Some((4, 1)));
-        let r = tr.on_packet(&pkt(2, 5000, 0, t), t);
+        let r = tr.on_packet(pkt(2, 5000, 0, t), t);
         assert!(r.new_source);
         assert_eq!(tr.epoch, 1);
-        tr.on_packet(&pkt(2, 5002, 0, t), t);
+        tr.on_packet(pkt(2, 5002, 0, t), t);
         assert_eq!(tr.counters(), Some((7, 2)));
     }
 
@@ -199,13 +210,13 @@ mod tests {
         let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, true);
         for i in 0..50u64 {
             let at = t + Duration::from_millis(20 * i);
-            assert_eq!(tr.on_packet(&pkt(1, i, 0, at), at).available, None);
+            assert_eq!(tr.on_packet(pkt(1, i, 0, at), at).available, None);
         }
         tr.availability.set_muted(false);
         let mut flipped = false;
         for i in 50..80u64 {
             let at = t + Duration::from_millis(20 * i);
-            flipped |= tr.on_packet(&pkt(1, i, 0, at), at).available == Some(true);
+            flipped |= tr.on_packet(pkt(1, i, 0, at), at).available == Some(true);
         }
         assert!(flipped);
     }

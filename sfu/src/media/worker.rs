@@ -28,7 +28,7 @@ use super::peer::{Forward, Peer, PeerEvent, PeerId, Sink};
 use super::room::Room;
 use super::router::Router;
 use super::subscription::{SubId, Subscription};
-use super::track::Track;
+use super::track::{Arrival, Track};
 
 /// A Peer that has not connected (ICE + DTLS) this long after its offer is given up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -530,7 +530,7 @@ impl MediaCore {
         let k = kind_index(kind);
         self.counters.rtp_in_packets[k] += 1;
         self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
-        let received = track.on_packet(pkt, now);
+        let received = track.on_packet(Arrival::of(pkt), now);
         let withheld = publisher.state.held || publisher.state.muted(kind);
         if kind == MediaKind::Audio && !withheld && let Some(level) = track.audio_level(pkt) {
             let secs = received.duration.as_secs_f64();
