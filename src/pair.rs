@@ -72,7 +72,11 @@ pub fn settle(w: &mut World) -> bool {
                             let i = w.index_of(&user);
                             let answer = w.client_answers(i, params["sdp"].as_str().unwrap());
                             let call_id = params["call_id"].clone();
-                            w.send_request(i, Method::Answer, json!({"call_id": call_id, "sdp": answer}));
+                            w.send_request(
+                                i,
+                                Method::Answer,
+                                json!({"call_id": call_id, "sdp": answer}),
+                            );
                         }
                         if let Some(s) = w.model.as_mut() {
                             s.inbox.entry(user).or_default().push((method, params));
@@ -135,7 +139,9 @@ impl World {
         let conn = ConnId(s.next_id);
         s.conn_of.insert(name.to_string(), conn);
         let (now, id) = (self.now, json!(self.signaling().next_id));
-        self.signaling().model.login(now, conn, id, name.to_string());
+        self.signaling()
+            .model
+            .login(now, conn, id, name.to_string());
         self.drain_server();
         i
     }
@@ -165,7 +171,12 @@ impl World {
     }
 
     /// Client `i` offers to publish `media` in `call_id` through the model.
-    pub fn offer_via_model(&mut self, i: usize, call_id: &str, media: &[MediaKind]) -> Result<Value, i64> {
+    pub fn offer_via_model(
+        &mut self,
+        i: usize,
+        call_id: &str,
+        media: &[MediaKind],
+    ) -> Result<Value, i64> {
         let c = &mut self.clients[i];
         let mut api = c.rtc.sdp_api();
         let mut mids = Vec::new();

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sfu_suite::netsim::{CALL, World, assert_exact_mesh, measured_call, server_addr};
 use sfu::media::{Command, MemberMedia};
+use sfu_suite::netsim::{CALL, World, assert_exact_mesh, measured_call, server_addr};
 use str0m::media::{KeyframeRequestKind, MediaKind};
 
 #[test]
@@ -203,7 +203,11 @@ fn garbage_datagrams_and_bad_sdp_are_rejected() {
         w.next_ticket += 1;
         let t = w.next_ticket;
         w.command(cmd(t));
-        assert!(matches!(w.replies.get(&t), Some(Err(_))), "{:?}", w.replies.get(&t));
+        assert!(
+            matches!(w.replies.get(&t), Some(Err(_))),
+            "{:?}",
+            w.replies.get(&t)
+        );
     };
     bad(&mut w, |ticket| Command::Offer {
         call_id: CALL.into(),

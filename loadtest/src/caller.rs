@@ -369,76 +369,85 @@ async fn media(
     let mut mute = Toggle::new(shared.mute_every);
     let mut hold = Toggle::new(shared.hold_every);
 
-    loop {
-        // Drain str0m.
-        let timeout = loop {
-            let out = rtc
-                .poll_output()
-                .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
-            match out {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let now = Instant::now();
-                    let data = t.contents.to_vec();
-                    let send = if rtc.is_connected() && !shared.impairment.is_none() {
-                        imp.push(now, t.destination, data)
-                    } else {
-                        Some(data)
-                    };
-                    if let Some(d) = send {
-                        let _ = socket.try_send_to(&d, t.destination);
-                    }
-                }
-                Output::Event(Event::RtpPacket(p)) => {
-                    let now = Instant::now();
-                    if first_media.is_none() {
-                        first_media = Some(now);
-                        if let Some(t) = t_call {
-                            r.setup_media_ms = Some(now.duration_since(t).as_secs_f64() * 1000.0);
-                        }
-                    }
-                    let kind = if *p.header.payload_type == opus_pt(&rtc) {
-                        MediaKind::Audio
-                    } else {
-                        MediaKind::Video
-                    };
-                    let s = streams.entry(p.header.ssrc).or_insert_with(|| Incoming {
-                        kind,
-                        first: *p.seq_no,
-                        highest: *p.seq_no,
-                        received: 0,
-                        jitter: Jitter::new(if kind == MediaKind::Audio {
-                            48_000
+    // str0m's single-mutation rule: after every mutation, poll until `Timeout`. Every
+    // mutation below is followed by `drain!()`, which evaluates to str0m's next deadline.
+    macro_rules! drain {
+        () => {
+            loop {
+                let out = rtc
+                    .poll_output()
+                    .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                match out {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let now = Instant::now();
+                        let data = t.contents.to_vec();
+                        let send = if rtc.is_connected() && !shared.impairment.is_none() {
+                            imp.push(now, t.destination, data)
                         } else {
-                            90_000
-                        }),
-                        tone: (kind == MediaKind::Audio)
-                            .then(|| ToneDetector::new(shared.slots).ok())
-                            .flatten(),
-                    });
-                    s.received += 1;
-                    if *p.seq_no > s.highest {
-                        s.highest = *p.seq_no;
-                    }
-                    s.jitter.on_packet(p.timestamp, p.header.timestamp);
-                    if kind == MediaKind::Audio {
-                        if let Some(t) = s.tone.as_mut() {
-                            t.push(&p.payload);
-                        }
-                        // Sent at epoch + ts/48 kHz (the SFU keeps timestamps).
-                        let sent_us = u64::from(p.header.timestamp) * 1000 / 48;
-                        let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
-                        let wrapped = (now_us % (u64::from(u32::MAX) * 1000 / 48)) as i64;
-                        let lat = (wrapped - sent_us as i64) as f64 / 1000.0;
-                        if (0.0..10_000.0).contains(&lat) {
-                            r.latency_ms.push(lat);
+                            Some(data)
+                        };
+                        if let Some(d) = send {
+                            let _ = socket.try_send_to(&d, t.destination);
                         }
                     }
+                    Output::Event(Event::RtpPacket(p)) => {
+                        let now = Instant::now();
+                        if first_media.is_none() {
+                            first_media = Some(now);
+                            if let Some(t) = t_call {
+                                r.setup_media_ms =
+                                    Some(now.duration_since(t).as_secs_f64() * 1000.0);
+                            }
+                        }
+                        let kind = if *p.header.payload_type == opus_pt(&rtc) {
+                            MediaKind::Audio
+                        } else {
+                            MediaKind::Video
+                        };
+                        let s = streams.entry(p.header.ssrc).or_insert_with(|| Incoming {
+                            kind,
+                            first: *p.seq_no,
+                            highest: *p.seq_no,
+                            received: 0,
+                            jitter: Jitter::new(if kind == MediaKind::Audio {
+                                48_000
+                            } else {
+                                90_000
+                            }),
+                            tone: (kind == MediaKind::Audio)
+                                .then(|| ToneDetector::new(shared.slots).ok())
+                                .flatten(),
+                        });
+                        s.received += 1;
+                        if *p.seq_no > s.highest {
+                            s.highest = *p.seq_no;
+                        }
+                        s.jitter.on_packet(p.timestamp, p.header.timestamp);
+                        if kind == MediaKind::Audio {
+                            if let Some(t) = s.tone.as_mut() {
+                                t.push(&p.payload);
+                            }
+                            // Sent at epoch + ts/48 kHz (the SFU keeps timestamps).
+                            let sent_us = u64::from(p.header.timestamp) * 1000 / 48;
+                            let now_us =
+                                now.saturating_duration_since(shared.epoch).as_micros() as u64;
+                            let wrapped = (now_us % (u64::from(u32::MAX) * 1000 / 48)) as i64;
+                            let lat = (wrapped - sent_us as i64) as f64 / 1000.0;
+                            if (0.0..10_000.0).contains(&lat) {
+                                r.latency_ms.push(lat);
+                            }
+                        }
+                    }
+                    Output::Event(Event::KeyframeRequest(_)) => keyframe_due = true,
+                    Output::Event(_) => {}
                 }
-                Output::Event(Event::KeyframeRequest(_)) => keyframe_due = true,
-                Output::Event(_) => {}
             }
         };
+    }
+
+    loop {
+        let timeout = drain!();
         let now = tokio::time::Instant::now();
         if ended || talk_end.is_some_and(|t| now >= t) {
             break;
@@ -477,6 +486,7 @@ async fn media(
                     });
                     if rtc.accepts(&input) {
                         rtc.handle_input(input).map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                        drain!();
                     }
                 }
             }
@@ -491,6 +501,7 @@ async fn media(
                             .sdp_api()
                             .accept_offer(offer)
                             .map_err(|e| anyhow::anyhow!("server offer: {e}"))?;
+                        drain!();
                         sig.send("answer", json!({"call_id": call_id, "sdp": answer.to_sdp_string()}))
                             .await?;
                     }
@@ -522,6 +533,7 @@ async fn media(
         let now_std = Instant::now();
         rtc.handle_input(Input::Timeout(now_std))
             .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+        drain!();
         while let Some((to, d)) = imp.due(now_std) {
             let _ = socket.try_send_to(&d, to);
         }
@@ -564,6 +576,7 @@ async fn media(
                         .ext_vals(ext),
                 );
             }
+            drain!();
         }
         if sending
             && let Some(mid) = video_mid
@@ -590,6 +603,7 @@ async fn media(
                         .nackable(true),
                 );
             }
+            drain!();
         }
     }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sfu::protocol::{EndReason, Method, Outbound};
 use sfu::media::{Command as MediaCommand, MediaEvent, MemberMedia};
+use sfu::protocol::{EndReason, Method, Outbound};
 use sfu::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output, PushNotice};
 
 const INVITE: Duration = Duration::from_secs(30);
@@ -1268,18 +1268,23 @@ fn media_requests_go_to_the_worker_and_back() {
         !h.responses.contains_key(&(bob, 77)),
         "answered by the worker, later"
     );
-    let [MediaCommand::Offer {
-        call_id,
-        user,
-        sdp,
-        video: false,
-        state,
-        ticket,
-    }] = &h.media[..]
+    let [
+        MediaCommand::Offer {
+            call_id,
+            user,
+            sdp,
+            video: false,
+            state,
+            ticket,
+        },
+    ] = &h.media[..]
     else {
         panic!("one offer command: {:?}", h.media);
     };
-    assert_eq!((call_id, user.as_str(), sdp.as_str()), (&id, "bob", "v=0 offer"));
+    assert_eq!(
+        (call_id, user.as_str(), sdp.as_str()),
+        (&id, "bob", "v=0 offer")
+    );
     assert_eq!(*state, MemberMedia::default());
     let ticket = *ticket;
     // An unknown ticket is ignored; the right one answers the request.

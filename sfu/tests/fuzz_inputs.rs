@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use serde_json::Value;
 use sfu::auth::Auth;
-use sfu::media::{MediaConfig, MediaCore};
+use sfu::media::{Command, MediaConfig, MediaCore, MediaEvent, MemberMedia};
 use sfu::protocol::{Incoming, Method, codes, parse_frame};
 use sfu::signaling::{CallModel, ConnId, ModelConfig};
 
@@ -61,6 +61,17 @@ proptest! {
     #[test]
     fn the_media_core_rejects_garbage_sdp(sdp in ".{0,400}") {
         let mut core = MediaCore::new(MediaConfig::new("127.0.0.1:5000".parse().unwrap()));
-        let _ = core.offer(Instant::now(), "c", "u", &format!("v=0\r\n{sdp}"), true);
+        core.handle_command(Instant::now(), Command::Offer {
+            call_id: "c".into(),
+            user: "u".into(),
+            sdp: format!("v=0\r\n{sdp}"),
+            video: true,
+            state: MemberMedia::default(),
+            ticket: 1,
+        });
+        let replied = std::iter::from_fn(|| core.poll_event())
+            .any(|e| matches!(e, MediaEvent::Reply { ticket: 1, result: Err(_) }));
+        prop_assert!(replied, "garbage SDP gets an error reply");
+        prop_assert_eq!(core.peers(), 0);
     }
 }

@@ -15,7 +15,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::Receive;
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -190,23 +190,39 @@ impl Peer {
             .map_err(|_| Failure::Rtc)
     }
 
-    pub fn add_candidate(&mut self, now: Instant, c: Candidate, sink: &mut Sink) -> Result<(), Failure> {
+    pub fn add_candidate(
+        &mut self,
+        now: Instant,
+        c: Candidate,
+        sink: &mut Sink,
+    ) -> Result<(), Failure> {
         self.mutate(now, sink, |rtc| rtc.add_remote_candidate(c))
     }
 
-    /// Asks the member for a keyframe on their track `mid`.
+    /// Asks the member for a keyframe on their track `mid`, addressed to the source it sends
+    /// now (`ssrc`: after a source change the m-line may still hold the old one).
     pub fn request_keyframe(
         &mut self,
         now: Instant,
         mid: Mid,
+        ssrc: Option<Ssrc>,
         kind: KeyframeRequestKind,
         sink: &mut Sink,
     ) -> Result<bool, Failure> {
         self.mutate(now, sink, |rtc| {
-            rtc.direct_api()
-                .stream_rx_by_mid(mid, None)
-                .map(|rx| rx.request_keyframe(kind))
-                .is_some()
+            let mut api = rtc.direct_api();
+            let by_ssrc = ssrc.is_some_and(|s| match api.stream_rx(&s) {
+                Some(rx) => {
+                    rx.request_keyframe(kind);
+                    true
+                }
+                None => false,
+            });
+            by_ssrc
+                || api
+                    .stream_rx_by_mid(mid, None)
+                    .map(|rx| rx.request_keyframe(kind))
+                    .is_some()
         })
     }
 
@@ -217,7 +233,13 @@ impl Peer {
 
     /// Writes a publisher's packet on subscription `sub`, or withholds it (this member on hold,
     /// not connected yet, or the m-line not negotiated). `Ok(true)` when written.
-    pub fn forward(&mut self, now: Instant, sub: SubId, f: &Forward, sink: &mut Sink) -> Result<bool, Failure> {
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        sub: SubId,
+        f: &Forward,
+        sink: &mut Sink,
+    ) -> Result<bool, Failure> {
         let seq_in = *f.pkt.seq_no;
         let Some(s) = self.subs.get_mut(sub) else {
             return Ok(false);
@@ -237,20 +259,29 @@ impl Peer {
             s.withhold(seq_in, f.epoch);
             return Ok(false);
         };
-        let Some((seq, ts)) = s.rewrite(seq_in, f.pkt.header.timestamp, f.epoch, f.pkt.timestamp) else {
+        let Some((seq, ts)) = s.rewrite(seq_in, f.pkt.header.timestamp, f.epoch, f.pkt.timestamp)
+        else {
             return Ok(false);
         };
         let video = s.kind == MediaKind::Video;
-        let write = RtpWrite::new(pt.into(), seq.into(), ts, f.pkt.timestamp, f.pkt.payload.clone())
-            .marker(f.pkt.header.marker)
-            .ext_vals(f.ext.clone())
-            .nackable(video);
-        self.mutate(now, sink, |rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
-            Some(tx) => {
-                tx.write_rtp(write);
-                true
+        let write = RtpWrite::new(
+            pt.into(),
+            seq.into(),
+            ts,
+            f.pkt.timestamp,
+            f.pkt.payload.clone(),
+        )
+        .marker(f.pkt.header.marker)
+        .ext_vals(f.ext.clone())
+        .nackable(video);
+        self.mutate(now, sink, |rtc| {
+            match rtc.direct_api().stream_tx_by_mid(mid, None) {
+                Some(tx) => {
+                    tx.write_rtp(write);
+                    true
+                }
+                None => false,
             }
-            None => false,
         })
     }
 
@@ -272,7 +303,8 @@ impl Peer {
                     SubState::ToOpen => {
                         let track = format!("{}-{}", s.source_user, kind_name(s.kind));
                         let stream = Some(s.source_user.clone());
-                        let mid = api.add_media(s.kind, Direction::SendOnly, stream, Some(track), None);
+                        let mid =
+                            api.add_media(s.kind, Direction::SendOnly, stream, Some(track), None);
                         s.state = SubState::Negotiating(mid);
                     }
                     SubState::ToStop(mid) => {
@@ -309,7 +341,9 @@ impl Peer {
         let Some(pending) = self.pending.take() else {
             return Ok(Err(MediaError::NoPendingOffer));
         };
-        match self.mutate(now, sink, |rtc| rtc.sdp_api().accept_answer(pending, answer))? {
+        match self.mutate(now, sink, |rtc| {
+            rtc.sdp_api().accept_answer(pending, answer)
+        })? {
             Ok(()) => {
                 let opened = self
                     .subs
@@ -356,7 +390,12 @@ impl Peer {
     }
 
     /// One mutation, then the drain the invariant requires.
-    fn mutate<R>(&mut self, now: Instant, sink: &mut Sink, f: impl FnOnce(&mut Rtc) -> R) -> Result<R, Failure> {
+    fn mutate<R>(
+        &mut self,
+        now: Instant,
+        sink: &mut Sink,
+        f: impl FnOnce(&mut Rtc) -> R,
+    ) -> Result<R, Failure> {
         let r = guarded(|| f(&mut self.rtc));
         self.drain(now, sink)?;
         r

@@ -127,7 +127,6 @@ impl SeqMunger {
     pub fn highest_out(&self) -> Option<u64> {
         self.state.map(|r| r.highest_out)
     }
-
 }
 
 impl Run {
@@ -220,7 +219,10 @@ mod tests {
         s.forward(1, 1_000, t);
         s.withhold(2);
         // The publisher's clock kept running while muted: passed through unchanged.
-        assert_eq!(s.forward(50, 1_000 + 49 * 960, t), Some((1001, 1_000 + 49 * 960)));
+        assert_eq!(
+            s.forward(50, 1_000 + 49 * 960, t),
+            Some((1001, 1_000 + 49 * 960))
+        );
     }
 
     #[test]

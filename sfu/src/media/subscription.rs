@@ -76,7 +76,13 @@ impl Subscription {
 
     /// The outgoing (sequence number, timestamp) of a forwarded packet, or `None` if it
     /// cannot be written without reusing a number.
-    pub fn rewrite(&mut self, seq_in: u64, ts_in: u32, epoch: u32, at: Instant) -> Option<(u64, u32)> {
+    pub fn rewrite(
+        &mut self,
+        seq_in: u64,
+        ts_in: u32,
+        epoch: u32,
+        at: Instant,
+    ) -> Option<(u64, u32)> {
         self.follow(epoch);
         self.munger.forward(seq_in, ts_in, at)
     }

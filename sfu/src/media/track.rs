@@ -154,6 +154,11 @@ impl Track {
         Some((self.carried.0 + e, self.carried.1 + l))
     }
 
+    /// The source (SSRC) the member sends on this track now.
+    pub fn ssrc(&self) -> Option<Ssrc> {
+        self.ssrc
+    }
+
     pub fn jitter_ms(&self) -> f64 {
         self.jitter.ms()
     }

@@ -339,7 +339,9 @@ impl MediaCore {
             events: &mut self.events,
         };
         let advertised = self.cfg.advertised;
-        let accepted = Peer::accept(id, now, advertised, call_id, user, offer, video, state, &mut sink);
+        let accepted = Peer::accept(
+            id, now, advertised, call_id, user, offer, video, state, &mut sink,
+        );
         let (peer, answer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -360,15 +362,21 @@ impl MediaCore {
         let others: Vec<PeerId> = room.peers().filter(|p| *p != id).collect();
         for other in others {
             let tracks: Vec<(Mid, MediaKind, String)> = match self.peer(other) {
-                Some(o) => o.tracks.iter().map(|t| (t.mid, t.kind, o.user.clone())).collect(),
+                Some(o) => o
+                    .tracks
+                    .iter()
+                    .map(|t| (t.mid, t.kind, o.user.clone()))
+                    .collect(),
                 None => continue,
             };
             for (mid, kind, publisher) in tracks {
                 self.subscribe(id, other, &publisher, mid, kind);
             }
         }
-        self.next_volume.get_or_insert(now + self.cfg.volume_interval);
-        self.next_quality.get_or_insert(now + self.cfg.quality_interval);
+        self.next_volume
+            .get_or_insert(now + self.cfg.volume_interval);
+        self.next_quality
+            .get_or_insert(now + self.cfg.quality_interval);
         // Learn its tracks (MediaAdded) and tell the others, then answer, then our offer.
         self.pump(now);
         self.reply(ticket, Ok(Some(answer)));
@@ -403,7 +411,10 @@ impl MediaCore {
         match result {
             Err(f) => {
                 self.remove_peer(now, id, Some(f));
-                self.reply(ticket, Err(MediaError::BadSdp("answer could not be handled".into())));
+                self.reply(
+                    ticket,
+                    Err(MediaError::BadSdp("answer could not be handled".into())),
+                );
             }
             Ok(Err(e)) => self.reply(ticket, Err(e)),
             Ok(Ok(opened)) => {
@@ -461,7 +472,9 @@ impl MediaCore {
             }
             PeerEvent::IceDisconnected => self.counters.ice_disconnects += 1,
             PeerEvent::MediaAdded(mid, kind) => {
-                if (kind == MediaKind::Audio || peer.video) && !peer.tracks.iter().any(|t| t.mid == mid) {
+                if (kind == MediaKind::Audio || peer.video)
+                    && !peer.tracks.iter().any(|t| t.mid == mid)
+                {
                     let muted = peer.state.muted(kind) || peer.state.held;
                     peer.tracks.push(Track::new(mid, kind, muted));
                     self.publish(now, id, mid, kind);
@@ -503,7 +516,14 @@ impl MediaCore {
     }
 
     /// `subscriber` receives `publisher`'s track `mid` (from our next offer on).
-    fn subscribe(&mut self, subscriber: PeerId, publisher: PeerId, user: &str, mid: Mid, kind: MediaKind) {
+    fn subscribe(
+        &mut self,
+        subscriber: PeerId,
+        publisher: PeerId,
+        user: &str,
+        mid: Mid,
+        kind: MediaKind,
+    ) {
         let Some(s) = slot_peer(&mut self.slots, subscriber) else {
             return;
         };
@@ -532,7 +552,10 @@ impl MediaCore {
         self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
         let received = track.on_packet(Arrival::of(pkt), now);
         let withheld = publisher.state.held || publisher.state.muted(kind);
-        if kind == MediaKind::Audio && !withheld && let Some(level) = track.audio_level(pkt) {
+        if kind == MediaKind::Audio
+            && !withheld
+            && let Some(level) = track.audio_level(pkt)
+        {
             let secs = received.duration.as_secs_f64();
             publisher.volume.0 += energy(level) * secs;
             publisher.volume.1 += secs;
@@ -600,7 +623,13 @@ impl MediaCore {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, source: PeerId, mid: Mid, kind: KeyframeRequestKind) {
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        source: PeerId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+    ) {
         let Some(p) = slot_peer(&mut self.slots, source) else {
             return;
         };
@@ -610,11 +639,12 @@ impl MediaCore {
         if t.kind != MediaKind::Video || !t.keyframe.allow(now) {
             return;
         }
+        let ssrc = t.ssrc();
         let mut sink = Sink {
             out: &mut self.out,
             events: &mut self.events,
         };
-        match p.request_keyframe(now, mid, kind, &mut sink) {
+        match p.request_keyframe(now, mid, ssrc, kind, &mut sink) {
             Ok(sent) => self.counters.keyframe_requests_out += u64::from(sent),
             Err(f) => self.remove_peer(now, source, Some(f)),
         }

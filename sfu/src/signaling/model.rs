@@ -11,7 +11,9 @@ use serde_json::Value;
 use super::call::{Call, Member};
 use super::timers::{Timer, Timers};
 use crate::media::{Command, Ticket};
-use crate::protocol::{EndReason, LeaveReason, Media, Method, Notification, Outbound, RequestId, RpcError};
+use crate::protocol::{
+    EndReason, LeaveReason, Media, Method, Notification, Outbound, RequestId, RpcError,
+};
 
 mod media;
 mod requests;
@@ -274,7 +276,11 @@ impl CallModel {
         }
     }
 
-    pub(super) fn notify_all<'a>(&mut self, users: impl IntoIterator<Item = &'a str>, n: Notification) {
+    pub(super) fn notify_all<'a>(
+        &mut self,
+        users: impl IntoIterator<Item = &'a str>,
+        n: Notification,
+    ) {
         let conns: Vec<ConnId> = users
             .into_iter()
             .filter_map(|u| self.users.get(u).and_then(|u| u.conn))

@@ -248,10 +248,7 @@ impl CallModel {
 
     /// `user` as a joined member of `call_id`.
     fn joined(&self, call_id: &str, user: &str) -> Option<&Member> {
-        self.calls
-            .get(call_id)?
-            .member(user)
-            .filter(|m| m.joined())
+        self.calls.get(call_id)?.member(user).filter(|m| m.joined())
     }
 
     /// Tells the joined members of `call_id` but `except`.

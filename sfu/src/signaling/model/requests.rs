@@ -9,7 +9,9 @@ use super::{CallModel, ConnId, Leave};
 use crate::protocol::params as parse_params;
 use crate::protocol::{Method, Notification, RpcError};
 use crate::signaling::call::Member;
-use crate::signaling::params::{self, CallIdParams, CallParams, DtmfParams, HoldParams, InviteParams};
+use crate::signaling::params::{
+    self, CallIdParams, CallParams, DtmfParams, HoldParams, InviteParams,
+};
 use crate::signaling::params::{CandidateParams, MessageParams, MuteParams};
 
 impl CallModel {
@@ -113,7 +115,11 @@ impl CallModel {
         call.member(me).ok_or_else(RpcError::forbidden)
     }
 
-    pub(super) fn joined_member_mut(&mut self, me: &str, call_id: &str) -> Result<&mut Member, RpcError> {
+    pub(super) fn joined_member_mut(
+        &mut self,
+        me: &str,
+        call_id: &str,
+    ) -> Result<&mut Member, RpcError> {
         if !self.member(me, call_id)?.joined() {
             return Err(RpcError::wrong_state("you have not joined this call"));
         }

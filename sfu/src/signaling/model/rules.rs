@@ -255,7 +255,12 @@ impl CallModel {
         Ok(json!({}))
     }
 
-    pub(super) fn accept(&mut self, now: Instant, me: &str, call_id: &str) -> Result<Value, RpcError> {
+    pub(super) fn accept(
+        &mut self,
+        now: Instant,
+        me: &str,
+        call_id: &str,
+    ) -> Result<Value, RpcError> {
         if !self.member(me, call_id)?.pending() {
             return Err(RpcError::wrong_state("you have already answered this call"));
         }
