@@ -19,7 +19,11 @@ fn a_call_through_the_model_and_the_core() {
     let alice = w.login("alice");
     let bob = w.login("bob");
     let call = w
-        .request(alice, Method::Call, json!({"to": ["bob"], "media": "audio"}))
+        .request(
+            alice,
+            Method::Call,
+            json!({"to": ["bob"], "media": "audio"}),
+        )
         .unwrap();
     let call_id = call["call_id"].as_str().unwrap().to_string();
     w.request(bob, Method::Accept, json!({"call_id": call_id}))
@@ -31,16 +35,27 @@ fn a_call_through_the_model_and_the_core() {
     assert!(a["sdp"].as_str().unwrap().starts_with("v=0"));
     w.offer_via_model(bob, &call_id, &AUDIO).unwrap();
     w.run(Duration::from_secs(3));
-    assert_eq!(w.inbox("alice", "offer").len(), 1, "alice is offered bob's track");
+    assert_eq!(
+        w.inbox("alice", "offer").len(),
+        1,
+        "alice is offered bob's track"
+    );
     assert_eq!(w.inbox("bob", "offer").len(), 1);
     assert!(w.clients[alice].from(bob as u8, MediaKind::Audio) > 100);
     assert!(w.clients[bob].from(alice as u8, MediaKind::Audio) > 100);
     let available = w.inbox("bob", "audio_available");
-    assert_eq!(available, [json!({"call_id": call_id, "user": "alice", "available": true})]);
+    assert_eq!(
+        available,
+        [json!({"call_id": call_id, "user": "alice", "available": true})]
+    );
 
     // alice mutes: bob is told at once and hears nothing more.
-    w.request(alice, Method::Mute, json!({"call_id": call_id, "audio": true}))
-        .unwrap();
+    w.request(
+        alice,
+        Method::Mute,
+        json!({"call_id": call_id, "audio": true}),
+    )
+    .unwrap();
     assert_eq!(w.inbox("bob", "audio_available").len(), 2);
     w.run(Duration::from_millis(200));
     let heard = w.clients[bob].from(alice as u8, MediaKind::Audio);
@@ -65,10 +80,17 @@ fn a_call_through_the_model_and_the_core() {
         2,
         "no `available: true` while muted"
     );
-    assert!(w.inbox("bob", "offer").len() >= 2, "bob is offered alice's new track");
+    assert!(
+        w.inbox("bob", "offer").len() >= 2,
+        "bob is offered alice's new track"
+    );
 
-    w.request(alice, Method::Mute, json!({"call_id": call_id, "audio": false}))
-        .unwrap();
+    w.request(
+        alice,
+        Method::Mute,
+        json!({"call_id": call_id, "audio": false}),
+    )
+    .unwrap();
     w.run(Duration::from_secs(2));
     assert!(w.clients[bob].from(alice as u8, MediaKind::Audio) > heard + 50);
 

@@ -1,0 +1,237 @@
+//! What the MediaCore does with what Peers report: tracks published and subscribed, each RTP
+//! packet booked and fanned out through the Room's index (or withheld without a gap), keyframe
+//! requests relayed and merged, and our offers sent.
+
+use std::time::Instant;
+
+use analytics::volume::energy;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::{ExtensionValues, RtpPacket};
+
+use super::{MediaCore, kind_index, slot_peer};
+use crate::media::event::MediaEvent;
+use crate::media::peer::{Forward, PeerEvent, PeerId, Sink};
+use crate::media::subscription::Subscription;
+use crate::media::track::{Arrival, Track};
+
+impl MediaCore {
+    /// Acts on everything drained Peers reported, including what acting on it reports.
+    pub(super) fn pump(&mut self, now: Instant) {
+        while let Some((id, event)) = self.events.pop_front() {
+            self.on_peer_event(now, id, event);
+        }
+    }
+
+    pub(super) fn on_peer_event(&mut self, now: Instant, id: PeerId, event: PeerEvent) {
+        let Some(peer) = slot_peer(&mut self.slots, id) else {
+            return;
+        };
+        match event {
+            PeerEvent::IceConnected => peer.ice_connected = true,
+            PeerEvent::Connected => {
+                peer.connected = true;
+                self.counters.peers_connected += 1;
+            }
+            PeerEvent::IceDisconnected => self.counters.ice_disconnects += 1,
+            PeerEvent::MediaAdded(mid, kind) => {
+                if (kind == MediaKind::Audio || peer.video)
+                    && !peer.tracks.iter().any(|t| t.mid == mid)
+                {
+                    let muted = peer.state.muted(kind) || peer.state.held;
+                    peer.tracks.push(Track::new(mid, kind, muted));
+                    self.publish(now, id, mid, kind);
+                }
+            }
+            PeerEvent::Rtp(mid, pkt) => self.on_rtp(now, id, mid, &pkt),
+            PeerEvent::KeyframeRequest(mid, kind) => {
+                self.counters.keyframe_requests_in += 1;
+                if let Some(s) = peer.subs.by_open_mid(mid) {
+                    let (source, source_mid) = (s.source, s.source_mid);
+                    self.request_keyframe(now, source, source_mid, kind);
+                }
+            }
+            PeerEvent::Egress(s) => {
+                let audio = peer
+                    .subs
+                    .by_open_mid(s.mid)
+                    .is_some_and(|t| t.kind == MediaKind::Audio);
+                self.counters.nacks_in += peer.quality.on_egress(&s, audio);
+            }
+            PeerEvent::Ingress(s) => peer.quality.on_ingress(&s),
+        }
+    }
+
+    /// Member `id` published track `mid`: every other member of the call subscribes.
+    pub(super) fn publish(&mut self, now: Instant, id: PeerId, mid: Mid, kind: MediaKind) {
+        let Some(peer) = self.peer(id) else {
+            return;
+        };
+        let publisher = peer.user.clone();
+        let others: Vec<PeerId> = match self.rooms.get(&peer.call_id) {
+            Some(r) => r.peers().filter(|p| *p != id).collect(),
+            None => return,
+        };
+        for other in others {
+            self.subscribe(other, id, &publisher, mid, kind);
+            self.negotiate(now, other);
+        }
+    }
+
+    /// `subscriber` receives `publisher`'s track `mid` (from our next offer on).
+    pub(super) fn subscribe(
+        &mut self,
+        subscriber: PeerId,
+        publisher: PeerId,
+        user: &str,
+        mid: Mid,
+        kind: MediaKind,
+    ) {
+        let Some(s) = slot_peer(&mut self.slots, subscriber) else {
+            return;
+        };
+        if s.subs.find(publisher, mid).is_some() {
+            return;
+        }
+        let sub = s.subs.insert(Subscription::new(publisher, user, mid, kind));
+        if let Some(room) = self.rooms.get_mut(&s.call_id) {
+            room.subscribe(publisher, mid, subscriber, sub);
+        }
+    }
+
+    /// One packet of `from`'s track `mid`: booked, then forwarded to every subscription of it
+    /// (or withheld, leaving no gap, while its publisher is muted or held).
+    pub(super) fn on_rtp(&mut self, now: Instant, from: PeerId, mid: Mid, pkt: &RtpPacket) {
+        let Some(publisher) = slot_peer(&mut self.slots, from) else {
+            return;
+        };
+        let pt_in = *pkt.header.payload_type;
+        let Some(track) = publisher.tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let kind = track.kind;
+        let k = kind_index(kind);
+        self.counters.rtp_in_packets[k] += 1;
+        self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
+        let received = track.on_packet(Arrival::of(pkt), now);
+        let withheld = publisher.state.held || publisher.state.muted(kind);
+        if kind == MediaKind::Audio
+            && !withheld
+            && let Some(level) = track.audio_level(pkt)
+        {
+            let secs = received.duration.as_secs_f64();
+            publisher.volume.0 += energy(level) * secs;
+            publisher.volume.1 += secs;
+        }
+        let epoch = track.epoch;
+        if let Some(available) = received.available {
+            self.out.push_back(MediaEvent::Available {
+                call_id: publisher.call_id.clone(),
+                user: publisher.user.clone(),
+                kind,
+                available,
+            });
+        }
+        let params = publisher.params_of(pt_in);
+        let Some(room) = self.rooms.get(&publisher.call_id) else {
+            return;
+        };
+        let mut subs = std::mem::take(&mut self.scratch);
+        subs.clear();
+        subs.extend_from_slice(room.subscribers(from, mid));
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        for &(sub_peer, sub) in &subs {
+            let Some(peer) = slot_peer(&mut self.slots, sub_peer) else {
+                continue;
+            };
+            let Some(params) = params.filter(|_| !withheld) else {
+                if let Some(s) = peer.subs.get_mut(sub) {
+                    s.withhold(*pkt.seq_no, epoch);
+                }
+                continue;
+            };
+            let f = Forward {
+                pkt,
+                params,
+                epoch,
+                ext: &ext,
+            };
+            let mut sink = Sink {
+                out: &mut self.out,
+                events: &mut self.events,
+            };
+            match peer.forward(now, sub, &f, &mut sink) {
+                Ok(true) => {
+                    self.counters.rtp_out_packets[k] += 1;
+                    self.counters.rtp_out_bytes[k] += pkt.payload.len() as u64;
+                }
+                Ok(false) => {}
+                Err(f) => {
+                    self.schedule(sub_peer);
+                    self.remove_peer(now, sub_peer, Some(f));
+                    continue;
+                }
+            }
+            self.schedule(sub_peer);
+        }
+        self.scratch = subs;
+        if received.new_source && kind == MediaKind::Video {
+            // The subscribers' decoders need a keyframe of the new source.
+            self.request_keyframe(now, from, mid, KeyframeRequestKind::Pli);
+        }
+    }
+
+    pub(super) fn request_keyframe(
+        &mut self,
+        now: Instant,
+        source: PeerId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+    ) {
+        let Some(p) = slot_peer(&mut self.slots, source) else {
+            return;
+        };
+        let Some(t) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if t.kind != MediaKind::Video || !t.keyframe.allow(now) {
+            return;
+        }
+        let ssrc = t.ssrc();
+        let mut sink = Sink {
+            out: &mut self.out,
+            events: &mut self.events,
+        };
+        match p.request_keyframe(now, mid, ssrc, kind, &mut sink) {
+            Ok(sent) => self.counters.keyframe_requests_out += u64::from(sent),
+            Err(f) => self.remove_peer(now, source, Some(f)),
+        }
+        self.schedule(source);
+    }
+
+    /// Sends our offer for whatever this Peer's subscriptions need, if it may.
+    pub(super) fn negotiate(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = slot_peer(&mut self.slots, id) else {
+            return;
+        };
+        let mut sink = Sink {
+            out: &mut self.out,
+            events: &mut self.events,
+        };
+        let result = peer.negotiate(now, &mut sink);
+        match result {
+            Ok(Some(sdp)) => self.out.push_back(MediaEvent::Offer {
+                call_id: peer.call_id.clone(),
+                user: peer.user.clone(),
+                sdp,
+            }),
+            Ok(None) => {}
+            Err(f) => self.remove_peer(now, id, Some(f)),
+        }
+        self.schedule(id);
+    }
+}
