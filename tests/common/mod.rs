@@ -319,6 +319,12 @@ impl Client {
         id
     }
 
+    /// A notification queued while waiting for a response, if any.
+    #[allow(dead_code)]
+    pub fn queued(&mut self) -> Option<Value> {
+        self.queue.pop_front()
+    }
+
     /// The next frame (queued notifications first); `None` once the socket is closed.
     pub async fn recv(&mut self) -> Option<Value> {
         if let Some(v) = self.queue.pop_front() {
