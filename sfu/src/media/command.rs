@@ -14,6 +14,7 @@ pub struct MemberMedia {
 }
 
 impl MemberMedia {
+    #[inline]
     pub fn muted(&self, kind: str0m::media::MediaKind) -> bool {
         match kind {
             str0m::media::MediaKind::Audio => self.audio_muted,

@@ -95,8 +95,9 @@ pub struct Peer {
     pending: Option<SdpPendingOffer>,
     /// Our offers wait until the reply to the member's own offer is out.
     pub replied: bool,
-    /// When we last asked to be woken.
+    /// When str0m asked to be woken, and whether that changed since the core last scheduled it.
     pub wake: Option<Instant>,
+    pub wake_changed: bool,
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
@@ -154,6 +155,7 @@ impl Peer {
             pending: None,
             replied: false,
             wake: None,
+            wake_changed: false,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
         };
@@ -227,12 +229,14 @@ impl Peer {
     }
 
     /// The codec of the member's payload type `pt`.
+    #[inline]
     pub fn params_of(&self, pt: u8) -> Option<PayloadParams> {
         self.rtc.codec_config().find(|p| *p.pt() == pt).copied()
     }
 
     /// Writes a publisher's packet on subscription `sub`, or withholds it (this member on hold,
     /// not connected yet, or the m-line not negotiated). `Ok(true)` when written.
+    #[inline]
     pub fn forward(
         &mut self,
         now: Instant,
@@ -264,25 +268,29 @@ impl Peer {
             return Ok(false);
         };
         let video = s.kind == MediaKind::Video;
-        let write = RtpWrite::new(
-            pt.into(),
-            seq.into(),
-            ts,
-            f.pkt.timestamp,
-            f.pkt.payload.clone(),
-        )
-        .marker(f.pkt.header.marker)
-        .ext_vals(f.ext.clone())
-        .nackable(video);
-        self.mutate(now, sink, |rtc| {
-            match rtc.direct_api().stream_tx_by_mid(mid, None) {
-                Some(tx) => {
-                    tx.write_rtp(write);
-                    true
-                }
-                None => false,
+        let pkt = f.pkt;
+        // Built inside the guarded call: moving a finished RtpWrite (320 bytes) through the
+        // closures costs more than the write's own bookkeeping.
+        let written = guarded(|| match self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+            Some(tx) => {
+                tx.write_rtp(
+                    RtpWrite::new(
+                        pt.into(),
+                        seq.into(),
+                        ts,
+                        pkt.timestamp,
+                        pkt.payload.clone(),
+                    )
+                    .marker(pkt.header.marker)
+                    .ext_vals(f.ext.clone())
+                    .nackable(video),
+                );
+                true
             }
-        })
+            None => false,
+        });
+        self.drain(now, sink)?;
+        written
     }
 
     /// Sends our offer for whatever the subscriptions need, unless one is pending or the
@@ -410,7 +418,11 @@ impl Peer {
             };
             let event = match out {
                 Output::Timeout(t) => {
-                    self.wake = Some(t.max(now));
+                    let t = Some(t.max(now));
+                    if self.wake != t {
+                        self.wake = t;
+                        self.wake_changed = true;
+                    }
                     return Ok(());
                 }
                 Output::Transmit(t) => {
@@ -457,5 +469,96 @@ pub fn kind_name(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::subscription::Subscription;
+    use str0m::change::SdpOffer;
+
+    fn client(now: Instant) -> Rtc {
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host("10.0.0.2:4000".parse().unwrap(), "udp").unwrap());
+        rtc
+    }
+
+    #[test]
+    fn our_offer_waits_for_the_reply_then_one_at_a_time() {
+        let now = Instant::now();
+        let (mut out, mut events) = (VecDeque::new(), VecDeque::new());
+        let mut sink = Sink {
+            out: &mut out,
+            events: &mut events,
+        };
+        let mut c = client(now);
+        let mut api = c.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let id = PeerId::new(0, 0);
+        let (mut peer, answer) = Peer::accept(
+            id,
+            now,
+            "10.0.0.1:5000".parse().unwrap(),
+            "call",
+            "bob",
+            offer,
+            false,
+            MemberMedia::default(),
+            &mut sink,
+        )
+        .unwrap();
+        c.sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        assert!(peer.wake.is_some(), "drained to a deadline");
+        let alice = PeerId::new(1, 0);
+        peer.subs.insert(Subscription::new(
+            alice,
+            "alice",
+            Mid::from("0"),
+            MediaKind::Audio,
+        ));
+        assert_eq!(
+            peer.negotiate(now, &mut sink),
+            Ok(None),
+            "not before the reply"
+        );
+        peer.replied = true;
+        let ours = peer.negotiate(now, &mut sink).unwrap().expect("our offer");
+        assert!(ours.contains("a=msid:alice alice-audio"), "{ours}");
+        assert_eq!(
+            peer.negotiate(now, &mut sink),
+            Ok(None),
+            "one offer outstanding"
+        );
+        let theirs = c
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(&ours).unwrap())
+            .unwrap();
+        let opened = peer
+            .accept_answer(
+                now,
+                SdpAnswer::from_sdp_string(&theirs.to_sdp_string()).unwrap(),
+                &mut sink,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(opened.is_empty(), "audio needs no keyframe");
+        assert!(peer.subs.iter().all(|(_, s)| s.open_mid().is_some()));
+        assert_eq!(
+            peer.accept_answer(
+                now,
+                SdpAnswer::from_sdp_string(&theirs.to_sdp_string()).unwrap(),
+                &mut sink
+            )
+            .unwrap(),
+            Err(MediaError::NoPendingOffer)
+        );
     }
 }

@@ -3,8 +3,6 @@
 //!
 //! Invariant: an index entry exists exactly while its Subscription is in its subscriber Peer.
 
-use std::collections::HashMap;
-
 use str0m::media::Mid;
 
 use super::peer::PeerId;
@@ -13,7 +11,9 @@ use super::subscription::SubId;
 #[derive(Default)]
 pub struct Room {
     members: Vec<(String, PeerId)>,
-    fanout: HashMap<(PeerId, Mid), Vec<(PeerId, SubId)>>,
+    /// Per published track: its subscriptions. A call has a few dozen tracks at most, so a
+    /// scan beats hashing the key on every packet.
+    fanout: Vec<((PeerId, Mid), Vec<(PeerId, SubId)>)>,
     /// Whether the last volume report had someone audible.
     pub audible: bool,
 }
@@ -37,7 +37,7 @@ impl Room {
     /// Forgets Peer `id`: as a member, as a publisher and as a subscriber.
     pub fn leave(&mut self, id: PeerId) {
         self.members.retain(|(_, p)| *p != id);
-        self.fanout.retain(|(publisher, _), subs| {
+        self.fanout.retain_mut(|((publisher, _), subs)| {
             subs.retain(|(s, _)| *s != id);
             *publisher != id
         });
@@ -52,23 +52,27 @@ impl Room {
     }
 
     pub fn subscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId, sub: SubId) {
-        self.fanout
-            .entry((publisher, mid))
-            .or_default()
-            .push((subscriber, sub));
+        match self.fanout.iter_mut().find(|(k, _)| *k == (publisher, mid)) {
+            Some((_, subs)) => subs.push((subscriber, sub)),
+            None => self
+                .fanout
+                .push(((publisher, mid), vec![(subscriber, sub)])),
+        }
     }
 
     pub fn unsubscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId) {
-        if let Some(subs) = self.fanout.get_mut(&(publisher, mid)) {
+        if let Some((_, subs)) = self.fanout.iter_mut().find(|(k, _)| *k == (publisher, mid)) {
             subs.retain(|(s, _)| *s != subscriber);
         }
     }
 
     /// Who receives `publisher`'s track `mid`.
+    #[inline]
     pub fn subscribers(&self, publisher: PeerId, mid: Mid) -> &[(PeerId, SubId)] {
         self.fanout
-            .get(&(publisher, mid))
-            .map_or(&[], Vec::as_slice)
+            .iter()
+            .find(|(k, _)| *k == (publisher, mid))
+            .map_or(&[], |(_, subs)| subs.as_slice())
     }
 }
 

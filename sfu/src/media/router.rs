@@ -15,6 +15,7 @@ pub struct Router {
 }
 
 impl Router {
+    #[inline]
     pub fn route(&self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
         if let Some(&id) = self.by_addr.get(&source) {
             return Some(id);

@@ -55,6 +55,7 @@ impl SeqMunger {
     /// The packet `seq_in` (extended) with timestamp `ts_in`, arrived at `at`, is forwarded:
     /// its outgoing (extended sequence number, timestamp), or `None` when it is too old to be
     /// written without reusing a number.
+    #[inline]
     pub fn forward(&mut self, seq_in: u64, ts_in: u32, at: Instant) -> Option<(u64, u32)> {
         let Some(run) = self.state.as_mut() else {
             self.state = Some(Run {
@@ -105,6 +106,7 @@ impl SeqMunger {
 
     /// The packet `seq_in` is not forwarded on this stream (publisher muted or held, subscriber
     /// held or not ready): its number is not written and leaves no gap.
+    #[inline]
     pub fn withhold(&mut self, seq_in: u64) {
         if let Some(run) = self.state.as_mut()
             && !self.restart
@@ -117,6 +119,7 @@ impl SeqMunger {
 
     /// The publisher's source changed (a new SSRC on the same m-line): its next packet
     /// continues this stream.
+    #[inline]
     pub fn restart(&mut self) {
         if self.state.is_some() {
             self.restart = true;
@@ -131,6 +134,7 @@ impl SeqMunger {
 
 impl Run {
     /// A new run: `seq_in` is written right after the highest number so far.
+    #[inline]
     fn start(&mut self, seq_in: u64) {
         self.seq_delta = (self.highest_out + 1).wrapping_sub(seq_in);
         self.floor_in = seq_in;

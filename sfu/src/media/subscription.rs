@@ -55,6 +55,7 @@ impl Subscription {
     }
 
     /// The mid packets are written on, once negotiated.
+    #[inline]
     pub fn open_mid(&self) -> Option<Mid> {
         match self.state {
             SubState::Open(m) => Some(m),
@@ -63,6 +64,7 @@ impl Subscription {
     }
 
     /// Our payload type for the publisher's `pt_in`, looked up once per change.
+    #[inline]
     pub fn payload_type(&mut self, pt_in: u8, lookup: impl FnOnce() -> Option<u8>) -> Option<u8> {
         match self.pt_cache {
             Some((i, o)) if i == pt_in => Some(o),
@@ -76,6 +78,7 @@ impl Subscription {
 
     /// The outgoing (sequence number, timestamp) of a forwarded packet, or `None` if it
     /// cannot be written without reusing a number.
+    #[inline]
     pub fn rewrite(
         &mut self,
         seq_in: u64,
@@ -88,11 +91,13 @@ impl Subscription {
     }
 
     /// A packet of the track is not forwarded on this stream: it leaves no gap.
+    #[inline]
     pub fn withhold(&mut self, seq_in: u64, epoch: u32) {
         self.follow(epoch);
         self.munger.withhold(seq_in);
     }
 
+    #[inline]
     fn follow(&mut self, epoch: u32) {
         if epoch != self.epoch {
             self.epoch = epoch;
@@ -125,6 +130,7 @@ impl Subscriptions {
         }
     }
 
+    #[inline]
     pub fn get_mut(&mut self, id: SubId) -> Option<&mut Subscription> {
         self.slots.get_mut(id as usize)?.as_mut()
     }

@@ -25,6 +25,7 @@ pub struct Arrival {
 }
 
 impl Arrival {
+    #[inline]
     pub fn of(pkt: &RtpPacket) -> Self {
         Self {
             ssrc: pkt.header.ssrc,
@@ -97,6 +98,7 @@ impl Track {
     }
 
     /// Books one new packet: source, loss counters, jitter, availability.
+    #[inline]
     pub fn on_packet(&mut self, pkt: Arrival, now: Instant) -> Received {
         let ssrc = pkt.ssrc;
         let new_source = self.ssrc.is_some_and(|s| s != ssrc);
@@ -134,6 +136,7 @@ impl Track {
 
     /// The packet's level (−dBov): from the RFC 6464 extension, or by decoding the Opus of a
     /// publisher that does not send it.
+    #[inline]
     pub fn audio_level(&mut self, pkt: &RtpPacket) -> Option<u8> {
         if let Some(l) = pkt.header.ext_vals.audio_level {
             self.no_level_ext = 0;

@@ -314,6 +314,7 @@ fn set_state(p: &mut Peer, state: MemberMedia) {
     }
 }
 
+#[inline]
 fn slot_peer(slots: &mut [Slot], id: PeerId) -> Option<&mut Peer> {
     let slot = slots.get_mut(id.index())?;
     if slot.generation != id.generation() {

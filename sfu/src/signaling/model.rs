@@ -214,12 +214,10 @@ impl CallModel {
     ) {
         self.handle_timeout(now);
         let mark = self.out.len();
-        let result = match method {
-            Method::Offer | Method::Answer => match self.sdp_request(conn, &id, method, params) {
-                Ok(()) => return, // the Worker answers through `media_event`
-                Err(e) => Err(e),
-            },
-            _ => self.dispatch(now, conn, method, params),
+        let result = match self.dispatch(now, conn, &id, method, params) {
+            Ok(requests::Reply::Later) => return, // the Worker answers through `media_event`
+            Ok(requests::Reply::Now(v)) => Ok(v),
+            Err(e) => Err(e),
         };
         self.respond_at(mark, conn, id, method, result);
     }

@@ -48,18 +48,16 @@ impl MediaCore {
         }
     }
 
-    /// Keeps Peer `id`'s wake-up in the timer heap after str0m asked for one.
+    /// Puts Peer `id`'s wake-up in the timer heap when str0m asked for a new one. A superseded
+    /// entry stays in the heap and is skipped when popped.
     pub(super) fn schedule(&mut self, id: PeerId) {
         let Some(peer) = slot_peer(&mut self.slots, id) else {
             return;
         };
-        if let Some(at) = peer.wake
-            && self
-                .timers
-                .peek()
-                .is_none_or(|Reverse((t, p))| (*t, *p) != (at, id))
-        {
-            // Duplicates are harmless: a popped timer that is not the Peer's wake is skipped.
+        if !std::mem::take(&mut peer.wake_changed) {
+            return;
+        }
+        if let Some(at) = peer.wake {
             self.timers.push(Reverse((at, id)));
         }
     }

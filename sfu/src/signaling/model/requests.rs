@@ -6,6 +6,13 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::{CallModel, ConnId, Leave};
+use crate::protocol::RequestId;
+
+/// How a request is answered: now, or later by the media Worker (`offer`, `answer`).
+pub(super) enum Reply {
+    Now(Value),
+    Later,
+}
 use crate::protocol::params as parse_params;
 use crate::protocol::{Method, Notification, RpcError};
 use crate::signaling::call::Member;
@@ -19,13 +26,14 @@ impl CallModel {
         &mut self,
         now: Instant,
         conn: ConnId,
+        id: &RequestId,
         method: Method,
         params: Value,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Reply, RpcError> {
         let Some(Some(me)) = self.conns.get(&conn).cloned() else {
             return Err(RpcError::unauthorized("not logged in: send login first"));
         };
-        match method {
+        let now_reply = match method {
             Method::Login => Err(RpcError::wrong_state(
                 "already logged in on this socket: logout first",
             )),
@@ -99,11 +107,14 @@ impl CallModel {
                 let p: CandidateParams = parse_params(params)?;
                 self.candidate(&me, p)
             }
-            Method::Offer | Method::Answer => Err(RpcError::new(
-                crate::protocol::codes::INTERNAL,
-                "internal error: SDP request routed wrongly",
-            )),
-        }
+            Method::Offer | Method::Answer => {
+                // Carried out by the Worker hosting the call, which answers later.
+                return self
+                    .sdp_request(conn, id, method, params)
+                    .map(|()| Reply::Later);
+            }
+        };
+        now_reply.map(Reply::Now)
     }
 
     /// `offer` / `answer`: checked here, carried out by the Worker hosting the call.
