@@ -8,12 +8,15 @@ use str0m::media::Mid;
 use super::peer::PeerId;
 use super::subscription::SubId;
 
+/// A published track (publisher, mid) and the subscriptions that receive it.
+type Fanout = ((PeerId, Mid), Vec<(PeerId, SubId)>);
+
 #[derive(Default)]
 pub struct Room {
     members: Vec<(String, PeerId)>,
     /// Per published track: its subscriptions. A call has a few dozen tracks at most, so a
     /// scan beats hashing the key on every packet.
-    fanout: Vec<((PeerId, Mid), Vec<(PeerId, SubId)>)>,
+    fanout: Vec<Fanout>,
     /// Whether the last volume report had someone audible.
     pub audible: bool,
 }
