@@ -104,6 +104,7 @@ pub struct Peer {
 }
 
 /// Runs one str0m call, turning a panic into a Peer failure.
+#[inline(always)]
 fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| Failure::Rtc)
 }
@@ -412,12 +413,11 @@ impl Peer {
     /// Polls str0m until it has nothing more to say.
     fn drain(&mut self, now: Instant, sink: &mut Sink) -> Result<(), Failure> {
         loop {
-            let out = match guarded(|| self.rtc.poll_output()) {
-                Ok(Ok(o)) => o,
-                _ => return Err(Failure::Rtc),
-            };
-            let event = match out {
-                Output::Timeout(t) => {
+            // One flat match on the polled result: each packet is moved once, straight into
+            // its queue entry.
+            let event = match guarded(|| self.rtc.poll_output()) {
+                Err(_) | Ok(Err(_)) => return Err(Failure::Rtc),
+                Ok(Ok(Output::Timeout(t))) => {
                     let t = Some(t.max(now));
                     if self.wake != t {
                         self.wake = t;
@@ -425,40 +425,38 @@ impl Peer {
                     }
                     return Ok(());
                 }
-                Output::Transmit(t) => {
+                Ok(Ok(Output::Transmit(t))) => {
                     sink.out.push_back(MediaEvent::Transmit {
                         destination: t.destination,
                         contents: t.contents,
                     });
                     continue;
                 }
-                Output::Event(e) => e,
-            };
-            let event = match event {
-                Event::Connected => PeerEvent::Connected,
-                Event::IceConnectionStateChange(s) => match s {
+                Ok(Ok(Output::Event(Event::RtpPacket(pkt)))) => {
+                    let ssrc = pkt.header.ssrc;
+                    let mid = guarded(|| self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()))?;
+                    if let Some(mid) = mid {
+                        sink.events.push_back((self.id, PeerEvent::Rtp(mid, pkt)));
+                    }
+                    continue;
+                }
+                Ok(Ok(Output::Event(Event::Connected))) => PeerEvent::Connected,
+                Ok(Ok(Output::Event(Event::IceConnectionStateChange(s)))) => match s {
                     IceConnectionState::Connected | IceConnectionState::Completed => {
                         PeerEvent::IceConnected
                     }
                     IceConnectionState::Disconnected => PeerEvent::IceDisconnected,
                     _ => continue,
                 },
-                Event::MediaAdded(m) if m.direction.is_receiving() => {
+                Ok(Ok(Output::Event(Event::MediaAdded(m)))) if m.direction.is_receiving() => {
                     PeerEvent::MediaAdded(m.mid, m.kind)
                 }
-                Event::RtpPacket(pkt) => {
-                    let ssrc = pkt.header.ssrc;
-                    let mid = guarded(|| self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()));
-                    match mid {
-                        Ok(Some(mid)) => PeerEvent::Rtp(mid, pkt),
-                        Ok(None) => continue,
-                        Err(f) => return Err(f),
-                    }
+                Ok(Ok(Output::Event(Event::KeyframeRequest(r)))) => {
+                    PeerEvent::KeyframeRequest(r.mid, r.kind)
                 }
-                Event::KeyframeRequest(r) => PeerEvent::KeyframeRequest(r.mid, r.kind),
-                Event::MediaEgressStats(s) => PeerEvent::Egress(s),
-                Event::MediaIngressStats(s) => PeerEvent::Ingress(s),
-                _ => continue,
+                Ok(Ok(Output::Event(Event::MediaEgressStats(s)))) => PeerEvent::Egress(s),
+                Ok(Ok(Output::Event(Event::MediaIngressStats(s)))) => PeerEvent::Ingress(s),
+                Ok(Ok(Output::Event(_))) => continue,
             };
             sink.events.push_back((self.id, event));
         }
