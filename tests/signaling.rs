@@ -426,6 +426,9 @@ async fn every_error_code() {
     c.send_text("{\"jsonrpc\":\"2.0\",\"id\":true,\"method\":\"ping\"}")
         .await;
     assert_eq!(c.response(Value::Null).await.unwrap_err()["code"], -32600);
+    // JSON-RPC 2.0 requires "jsonrpc": missing is an invalid request, answered with its id.
+    c.send_text("{\"id\":7,\"method\":\"ping\"}").await;
+    assert_eq!(c.response(json!(7)).await.unwrap_err()["code"], -32600);
     assert_eq!(c.error_code("fly", json!({})).await, -32601);
     // 4001 before -32602.
     assert_eq!(c.error_code("ping", json!({})).await, 4001);

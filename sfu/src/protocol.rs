@@ -163,10 +163,10 @@ pub fn parse_frame(text: &str) -> Incoming {
     if !(id.is_string() || id.is_number()) {
         return invalid(Value::Null, "id must be a number or a string");
     }
+    // JSON-RPC 2.0: the member must be present and exactly "2.0".
     match obj.get("jsonrpc") {
-        None => {}
         Some(Value::String(v)) if v == "2.0" => {}
-        Some(_) => return invalid(id, "jsonrpc must be \"2.0\""),
+        _ => return invalid(id, "jsonrpc must be \"2.0\""),
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
@@ -426,8 +426,13 @@ mod tests {
             err("{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"ping\"}"),
             codes::INVALID_REQUEST
         );
+        // JSON-RPC 2.0 requires the member: missing is an invalid request.
         assert_eq!(
-            err("{\"id\":1,\"method\":\"nope\"}"),
+            err("{\"id\":1,\"method\":\"ping\"}"),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"nope\"}"),
             codes::METHOD_NOT_FOUND
         );
         assert_eq!(

@@ -70,6 +70,9 @@ impl CallModel {
 
     pub(super) fn mute(&mut self, me: &str, p: &MuteParams) -> Result<Value, RpcError> {
         let m = self.joined_member_mut(me, &p.call_id)?;
+        if p.audio.is_none() && p.video.is_none() {
+            return Ok(json!({}));
+        }
         let audio_off = p.audio == Some(true) && !m.audio_muted;
         let video_off = p.video == Some(true) && !m.video_muted;
         if let Some(a) = p.audio {
