@@ -548,8 +548,8 @@ async fn rate_limit_answers_4029_then_closes_a_flood() {
     }
     assert!(codes.contains(&4029), "{codes:?}");
     assert_eq!(codes[0], 0);
-    // Keep flooding: the socket is closed with 1008 in the end.
-    for _ in 0..200 {
+    // Keep flooding: past the flood budget (1000 over the rate) the socket is closed with 1008.
+    for _ in 0..1500 {
         let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}";
         if !c.send_raw(Message::text(ping)).await {
             break;
@@ -559,6 +559,39 @@ async fn rate_limit_answers_4029_then_closes_a_flood() {
     assert_eq!(closed, common::Closed::Code(1008));
     s.wait_metric("sfu_sessions_closed_total{cause=\"abuse\"}", 1.0)
         .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_300_requests_gets_300_answers() {
+    let s = Server::start(&[]).await;
+    let mut c = s.login("alice").await;
+    let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}";
+    for _ in 0..300 {
+        assert!(c.send_raw(Message::text(ping)).await);
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..300 {
+        let r = c.response(json!(1)).await;
+        match r {
+            Ok(v) => {
+                assert_eq!(v, json!({}));
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(e["code"], 4029, "{e}");
+                limited += 1;
+            }
+        }
+    }
+    // Default rate 20/s in bursts of 40 (login took one; the bucket refills while we send).
+    assert_eq!(ok + limited, 300);
+    assert!(
+        (39..=50).contains(&ok),
+        "{ok} answered, {limited} rate limited"
+    );
+    // Still open: the burst was answered, not punished.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(c.request("ping", json!({})).await.unwrap(), json!({}));
 }
 
 /// A local HTTP endpoint standing in for the app's push service: yields each JSON body POSTed.

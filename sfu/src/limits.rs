@@ -1,4 +1,6 @@
-//! Per-socket limits, pure and clock-free: a token bucket for requests per second and an
+//! Per-socket limits, pure and clock-free: a token bucket for requests per second, a flood
+//! budget that closes a socket that keeps far over that rate (every request over the rate is
+//! still answered `4029` until then, so a burst of a few hundred gets all its answers), and an
 //! error budget that closes a socket that keeps sending garbage.
 
 use std::time::Instant;
@@ -41,6 +43,7 @@ impl TokenBucket {
 #[derive(Clone, Debug)]
 pub struct SocketLimits {
     requests: TokenBucket,
+    flood: TokenBucket,
     abuse: TokenBucket,
 }
 
@@ -61,6 +64,7 @@ impl SocketLimits {
         let rate = f64::from(rate.max(1));
         Self {
             requests: TokenBucket::new(rate, 2.0 * rate, now),
+            flood: TokenBucket::new(rate, FLOOD_BURST, now),
             abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST, now),
         }
     }
@@ -69,12 +73,13 @@ impl SocketLimits {
     pub fn request(&mut self, now: Instant) -> Verdict {
         if self.requests.take(now) {
             Verdict::Allow
+        } else if self.flood.take(now) {
+            Verdict::RateLimited
         } else {
-            self.offence(now)
+            Verdict::Close
         }
     }
 
-    /// Accounts one bad frame (invalid JSON, invalid request, binary frame).
     pub fn offence(&mut self, now: Instant) -> Verdict {
         if self.abuse.take(now) {
             Verdict::RateLimited
@@ -84,6 +89,9 @@ impl SocketLimits {
     }
 }
 
+/// Requests over the rate answered `4029` in a burst before a socket is closed; the budget
+/// refills at the request rate.
+pub const FLOOD_BURST: f64 = 1000.0;
 /// Bad frames tolerated in a burst, and per second after it.
 pub const ABUSE_BURST: f64 = 50.0;
 pub const ABUSE_RATE: f64 = 5.0;
@@ -110,10 +118,30 @@ mod tests {
     fn flood_is_rate_limited_then_closed() {
         let t0 = Instant::now();
         let mut l = SocketLimits::new(10, t0);
-        let verdicts: Vec<Verdict> = (0..200).map(|_| l.request(t0)).collect();
+        let verdicts: Vec<Verdict> = (0..1100).map(|_| l.request(t0)).collect();
         assert!(verdicts[..20].iter().all(|v| *v == Verdict::Allow));
-        assert!(verdicts[20..70].iter().all(|v| *v == Verdict::RateLimited));
-        assert_eq!(verdicts[70], Verdict::Close);
+        assert!(
+            verdicts[20..1020]
+                .iter()
+                .all(|v| *v == Verdict::RateLimited)
+        );
+        assert_eq!(verdicts[1020], Verdict::Close);
+    }
+
+    #[test]
+    fn a_burst_of_300_requests_is_answered_not_closed() {
+        let t0 = Instant::now();
+        let mut l = SocketLimits::new(20, t0);
+        let verdicts: Vec<Verdict> = (0..300).map(|_| l.request(t0)).collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == Verdict::Allow).count(),
+            40
+        );
+        assert!(!verdicts.contains(&Verdict::Close));
+        // Bad frames have their own, smaller budget.
+        let bad: Vec<Verdict> = (0..51).map(|_| l.offence(t0)).collect();
+        assert_eq!(bad[49], Verdict::RateLimited);
+        assert_eq!(bad[50], Verdict::Close);
     }
 
     #[test]

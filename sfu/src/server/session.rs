@@ -209,6 +209,15 @@ async fn on_text(
             return None;
         }
         Verdict::Close => {
+            // This request still gets its answer before the close.
+            respond(
+                sink,
+                shared,
+                id,
+                Some(method),
+                Err(RpcError::rate_limited()),
+            )
+            .await;
             close(sink, 1008, "too many requests").await;
             return Some(Cause::Abuse);
         }
