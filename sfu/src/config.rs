@@ -149,7 +149,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
-    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins. [default: info]
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins. str0m's crates (str0m, is,
+    /// str0m_proto, dimpl) log per packet: they are held at `error` unless named here.
+    /// [default: info]
     #[arg(long, env = "SFU_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 }

@@ -1,0 +1,95 @@
+//! Floods against the real `sfu` binary: anonymous datagrams at the media ports must not fill
+//! the logs or stall signaling.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// The media worker addresses the server logged.
+fn media_ports(s: &Server) -> Vec<std::net::SocketAddr> {
+    s.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "media worker listening")
+        .filter_map(|v| v["media"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// A STUN binding request that parses (USERNAME, PRIORITY, MESSAGE-INTEGRITY) and carries a
+/// MAPPED-ADDRESS, an attribute str0m's parser warns about before any integrity check.
+fn crafted_stun(i: u32) -> Vec<u8> {
+    let user = format!("u{i:07}:x");
+    let mut attr = vec![0x00, 0x06];
+    attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    attr.extend_from_slice(user.as_bytes());
+    while attr.len() % 4 != 0 {
+        attr.push(0);
+    }
+    attr.extend_from_slice(&[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x13, 0x88, 127, 0, 0, 1]);
+    attr.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0, 0, 0, 1]);
+    attr.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    attr.extend_from_slice(&[0xab; 20]);
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    m.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+    m.extend_from_slice(&i.to_be_bytes());
+    m.extend_from_slice(&[7; 8]);
+    m.extend_from_slice(&attr);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_100_000_crafted_stun_datagrams_adds_few_log_lines() {
+    let s = Server::start(&[]).await;
+    let ports = media_ports(&s);
+    assert_eq!(ports.len(), 2, "two workers");
+    let mut bystander = s.login("bystander").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines_before = s.log.lock().unwrap().len();
+
+    let flood = tokio::spawn(async move {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..100_000u32 {
+            let to = ports[i as usize % ports.len()];
+            let _ = socket.send_to(&crafted_stun(i), to).await;
+            if i % 500 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // Signaling stays responsive throughout.
+    let mut worst = Duration::ZERO;
+    while !flood.is_finished() {
+        let t = Instant::now();
+        assert_eq!(
+            bystander.request("ping", json!({})).await.unwrap(),
+            json!({})
+        );
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flood.await.unwrap();
+    assert!(worst < Duration::from_secs(1), "a ping took {worst:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let added: Vec<String> = s.log.lock().unwrap()[lines_before..].to_vec();
+    assert!(
+        added.len() < 100,
+        "{} log lines for the flood, e.g. {:?}",
+        added.len(),
+        added.first()
+    );
+    let unrouted = s
+        .metric("sfu_datagrams_dropped_total{reason=\"unrouted\"}")
+        .await;
+    assert!(
+        unrouted > 10_000.0,
+        "the flood reached the workers: {unrouted}"
+    );
+}
