@@ -317,3 +317,42 @@ fn down_mos_after_an_unmute_equals_the_mos_before_the_mute() {
         assert!((m - mos).abs() <= 0.01, "{m} vs {mos}");
     }
 }
+
+#[test]
+fn a_str0m_panic_drops_one_peer_only_and_its_member_recovers() {
+    let mut w = World::new();
+    for name in ["alice", "bob", "carol"] {
+        w.join_call(name, &AUDIO, false);
+    }
+    w.run(Duration::from_secs(2));
+    let since = w.now;
+    assert!(w.server.inject_panic(sfu_suite::netsim::CALL, "bob"));
+    w.run(Duration::from_millis(500));
+    let failed: Vec<_> = w
+        .notices
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .filter_map(|(_, e)| match e {
+            MediaEvent::Failed { user, failure, .. } => Some((user.clone(), *failure)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [("bob".to_string(), sfu::media::Failure::Rtc)]);
+    assert_eq!(w.server.peers(), 2);
+    assert_eq!(w.server.counters().rtc_failures, 1);
+    // alice and carol go on hearing each other.
+    let (ac, ca) = (
+        w.clients[0].from(2, MediaKind::Audio),
+        w.clients[2].from(0, MediaKind::Audio),
+    );
+    w.run(Duration::from_secs(1));
+    assert!(w.clients[0].from(2, MediaKind::Audio) >= ac + 45);
+    assert!(w.clients[2].from(0, MediaKind::Audio) >= ca + 45);
+    // bob offers again and is back.
+    let ab = w.clients[0].from(1, MediaKind::Audio);
+    w.reconnect(1, &AUDIO, false);
+    w.run(Duration::from_secs(3));
+    assert_eq!(w.server.peers(), 3);
+    assert!(w.clients[0].from(1, MediaKind::Audio) > ab + 50);
+    assert!(w.clients[1].from(2, MediaKind::Audio) > 50);
+}

@@ -98,14 +98,17 @@ pub struct Peer {
     /// When str0m asked to be woken, and whether that changed since the core last scheduled it.
     pub wake: Option<Instant>,
     pub wake_changed: bool,
+    /// Test hook: the next str0m mutation of this Peer panics (see `MediaCore::inject_panic`).
+    pub inject_panic: bool,
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
 }
 
-/// Runs one str0m call, turning a panic into a Peer failure.
+/// Runs one str0m call, turning a panic into a Peer failure. Every str0m call in the media
+/// core goes through here (parsers included), so a str0m bug costs one Peer, never a Worker.
 #[inline(always)]
-fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| Failure::Rtc)
 }
 
@@ -123,7 +126,8 @@ impl Peer {
         state: MemberMedia,
         sink: &mut Sink,
     ) -> Result<(Peer, String), MediaError> {
-        let candidate = Candidate::host(advertised, "udp")
+        let candidate = guarded(|| Candidate::host(advertised, "udp"))
+            .map_err(|_| MediaError::BadSdp("media address unusable".into()))?
             .map_err(|e| MediaError::BadSdp(format!("media address: {e}")))?;
         let rtc = guarded(|| {
             let mut rtc = RtcConfig::new()
@@ -157,6 +161,7 @@ impl Peer {
             replied: false,
             wake: None,
             wake_changed: false,
+            inject_panic: false,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
         };
@@ -405,7 +410,13 @@ impl Peer {
         sink: &mut Sink,
         f: impl FnOnce(&mut Rtc) -> R,
     ) -> Result<R, Failure> {
-        let r = guarded(|| f(&mut self.rtc));
+        let fault = std::mem::take(&mut self.inject_panic);
+        let r = guarded(|| {
+            if fault {
+                panic!("injected fault (test hook)");
+            }
+            f(&mut self.rtc)
+        });
         self.drain(now, sink)?;
         r
     }

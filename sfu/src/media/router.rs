@@ -20,9 +20,14 @@ impl Router {
         if let Some(&id) = self.by_addr.get(&source) {
             return Some(id);
         }
-        let stun = str0m::ice::StunMessage::parse(contents).ok()?;
-        let (ours, _theirs) = stun.split_username()?;
-        self.by_ufrag.get(ours).copied()
+        let by_ufrag = &self.by_ufrag;
+        super::peer::guarded(|| {
+            let stun = str0m::ice::StunMessage::parse(contents).ok()?;
+            let (ours, _theirs) = stun.split_username()?;
+            by_ufrag.get(ours).copied()
+        })
+        .ok()
+        .flatten()
     }
 
     pub fn add_peer(&mut self, ufrag: &str, id: PeerId) {

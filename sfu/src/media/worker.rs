@@ -140,6 +140,15 @@ impl MediaCore {
         self.slots.iter().filter(|s| s.peer.is_some()).count()
     }
 
+    /// Test hook: the next str0m mutation of `user`'s Peer in `call_id` panics, as a str0m bug
+    /// would. Returns whether there is such a Peer.
+    #[doc(hidden)]
+    pub fn inject_panic(&mut self, call_id: &str, user: &str) -> bool {
+        self.member_mut(call_id, user)
+            .map(|p| p.inject_panic = true)
+            .is_some()
+    }
+
     /// Calls with at least one Peer on this worker.
     pub fn calls(&self) -> usize {
         self.rooms.len()
@@ -203,7 +212,7 @@ impl MediaCore {
             self.counters.datagrams_unrouted += 1;
             return;
         };
-        let Ok(contents) = DatagramRecv::try_from(contents) else {
+        let Ok(Ok(contents)) = super::peer::guarded(|| DatagramRecv::try_from(contents)) else {
             self.counters.datagrams_unrouted += 1;
             return;
         };

@@ -10,7 +10,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use super::{MAX_SDP_BYTES, MediaCore, slot_peer};
 use crate::media::command::{MemberMedia, Ticket};
 use crate::media::event::MediaError;
-use crate::media::peer::{Peer, PeerId, Sink};
+use crate::media::peer::{Peer, PeerId, Sink, guarded};
 
 impl MediaCore {
     #[allow(clippy::too_many_arguments)]
@@ -27,7 +27,9 @@ impl MediaCore {
         let offer = if sdp.len() > MAX_SDP_BYTES {
             Err(MediaError::BadSdp("larger than 64 KiB".into()))
         } else {
-            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))
+            guarded(|| SdpOffer::from_sdp_string(sdp))
+                .map_err(|_| MediaError::BadSdp("offer could not be parsed".into()))
+                .and_then(|r| r.map_err(|e| MediaError::BadSdp(e.to_string())))
         };
         let offer = match offer {
             Ok(o) => o,
@@ -100,7 +102,9 @@ impl MediaCore {
         let answer = if sdp.len() > MAX_SDP_BYTES {
             Err(MediaError::BadSdp("larger than 64 KiB".into()))
         } else {
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))
+            guarded(|| SdpAnswer::from_sdp_string(sdp))
+                .map_err(|_| MediaError::BadSdp("answer could not be parsed".into()))
+                .and_then(|r| r.map_err(|e| MediaError::BadSdp(e.to_string())))
         };
         let answer = match answer {
             Ok(a) => a,
@@ -141,7 +145,7 @@ impl MediaCore {
             return;
         };
         let text = candidate.strip_prefix("candidate:").unwrap_or(candidate);
-        let Ok(c) = Candidate::from_sdp_string(&format!("candidate:{text}")) else {
+        let Ok(Ok(c)) = guarded(|| Candidate::from_sdp_string(&format!("candidate:{text}"))) else {
             return;
         };
         let Some(peer) = slot_peer(&mut self.slots, id) else {
