@@ -71,6 +71,8 @@ pub struct Client {
     pub max_jump: u64,
     /// Packets sent per track per send tick (to compress long runs of virtual time).
     pub burst: u32,
+    /// The server's last answer to this client's offer.
+    pub answer_sdp: Option<String>,
 }
 
 impl Client {
@@ -104,6 +106,7 @@ impl Client {
             gaps: BTreeMap::new(),
             max_jump: 0,
             burst: 1,
+            answer_sdp: None,
         }
     }
 
@@ -166,10 +169,18 @@ pub struct World {
 
 impl World {
     pub fn new() -> Self {
+        Self::with_config(MediaConfig::new(server_addr()))
+    }
+
+    /// A world whose server has this media config (its address is always [`server_addr`]).
+    pub fn with_config(cfg: MediaConfig) -> Self {
         let now = Instant::now();
         Self {
             now,
-            server: MediaCore::new(MediaConfig::new(server_addr())),
+            server: MediaCore::new(MediaConfig {
+                advertised: server_addr(),
+                ..cfg
+            }),
             clients: Vec::new(),
             net: BinaryHeap::new(),
             net_seq: 0,
@@ -439,6 +450,7 @@ impl World {
             return;
         };
         if let Some(sdp) = sdp {
+            self.clients[i].answer_sdp = Some(sdp.clone());
             self.clients[i]
                 .rtc
                 .sdp_api()

@@ -141,6 +141,32 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MAX_CALLS_PER_USER", value_name = "N")]
     pub max_calls_per_user: Option<usize>,
 
+    /// Published tracks per kind (audio, video) per member forwarded to the others. [default: 3]
+    #[arg(long, env = "SFU_MAX_TRACKS_PER_KIND", value_name = "N")]
+    pub max_tracks_per_kind: Option<usize>,
+
+    /// m-lines in a member's offer; a larger offer is refused (-32602). [default: 16]
+    #[arg(long, env = "SFU_MAX_OFFER_MLINES", value_name = "N")]
+    pub max_offer_mlines: Option<usize>,
+
+    /// Source addresses remembered per member's media session; a new one replaces one silent
+    /// for 2 s, else it is refused. [default: 8]
+    #[arg(long, env = "SFU_MAX_PEER_ADDRESSES", value_name = "N")]
+    pub max_peer_addresses: Option<usize>,
+
+    /// Trickled `candidate`s taken per member's media session; more are ignored. [default: 32]
+    #[arg(long, env = "SFU_MAX_PEER_CANDIDATES", value_name = "N")]
+    pub max_peer_candidates: Option<usize>,
+
+    /// Datagrams per second taken from one member's media session; more are dropped. [default: 2000]
+    #[arg(long, env = "SFU_MAX_PEER_PACKET_RATE", value_name = "N")]
+    pub max_peer_packet_rate: Option<u32>,
+
+    /// Seconds of Opus decoded per second for a publisher without the audio-level extension
+    /// (its volume); past it the last level stands. [default: 1.2]
+    #[arg(long, env = "SFU_OPUS_DECODE_BUDGET", value_name = "SECONDS")]
+    pub opus_decode_budget: Option<f64>,
+
     /// A socket silent this long (no frame, no pong) is closed and treated as a disconnect. [default: 30s]
     #[arg(long, env = "SFU_WS_IDLE_TIMEOUT", value_name = "DURATION")]
     pub ws_idle_timeout: Option<Dur>,
@@ -213,6 +239,7 @@ pub struct ServeConfig {
     pub max_call_members: usize,
     pub max_calls_per_user: usize,
     pub ws_idle_timeout: Duration,
+    pub media_limits: crate::media::MediaLimits,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -269,6 +296,12 @@ impl ServeArgs {
             max_call_members: self.max_call_members.or(file.max_call_members),
             max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
             ws_idle_timeout: self.ws_idle_timeout.or(file.ws_idle_timeout),
+            max_tracks_per_kind: self.max_tracks_per_kind.or(file.max_tracks_per_kind),
+            max_offer_mlines: self.max_offer_mlines.or(file.max_offer_mlines),
+            max_peer_addresses: self.max_peer_addresses.or(file.max_peer_addresses),
+            max_peer_candidates: self.max_peer_candidates.or(file.max_peer_candidates),
+            max_peer_packet_rate: self.max_peer_packet_rate.or(file.max_peer_packet_rate),
+            opus_decode_budget: self.opus_decode_budget.or(file.opus_decode_budget),
             log_format: self.log_format.or(file.log_format),
             log_level: self.log_level.or(file.log_level),
         }
@@ -276,6 +309,7 @@ impl ServeArgs {
 
     /// Applies defaults and checks every setting.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let media_limits = self.media_limits()?;
         let http = self.http.unwrap_or(([127, 0, 0, 1], 7600).into());
         let metrics = self.metrics.unwrap_or(([127, 0, 0, 1], 9600).into());
         let jwt_secret = match (self.jwt_secret, self.dev) {
@@ -379,6 +413,7 @@ impl ServeArgs {
             bail!("--max-calls-per-user must be between 1 and 100");
         }
         Ok(ServeConfig {
+            media_limits,
             dev: self.dev,
             http,
             metrics,
@@ -404,97 +439,6 @@ impl ServeArgs {
     }
 }
 
+mod media_limits;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dev_needs_nothing_else() {
-        let c = ServeArgs {
-            dev: true,
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        assert_eq!(c.jwt_secret, DEV_SECRET);
-        assert_eq!(c.http, "127.0.0.1:7600".parse().unwrap());
-        assert_eq!(c.metrics, "127.0.0.1:9600".parse().unwrap());
-        assert_eq!(c.invite_timeout, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn production_needs_a_real_secret() {
-        assert!(ServeArgs::default().resolve().is_err());
-        let short = ServeArgs {
-            jwt_secret: Some("short".into()),
-            ..Default::default()
-        };
-        assert!(short.resolve().is_err());
-        let dev_secret = ServeArgs {
-            jwt_secret: Some(DEV_SECRET.into()),
-            ..Default::default()
-        };
-        assert!(dev_secret.resolve().is_err());
-        let ok = ServeArgs {
-            jwt_secret: Some("0123456789abcdef".into()),
-            ..Default::default()
-        };
-        assert!(ok.resolve().is_ok());
-    }
-
-    #[test]
-    fn dev_refuses_public_binds() {
-        let c = ServeArgs {
-            dev: true,
-            http: Some("0.0.0.0:7600".parse().unwrap()),
-            ..Default::default()
-        };
-        assert!(c.resolve().is_err());
-    }
-
-    #[test]
-    fn file_fills_gaps_under_the_command_line() {
-        let file: ServeArgs = toml::from_str(
-            "dev = true\ninvite-timeout = \"5s\"\nmax-call-members = 4\nhttp = \"127.0.0.1:1\"\n",
-        )
-        .unwrap();
-        let cli = ServeArgs {
-            http: Some("127.0.0.1:2".parse().unwrap()),
-            ..Default::default()
-        };
-        let c = cli.over(file).resolve().unwrap();
-        assert!(c.dev);
-        assert_eq!(c.invite_timeout, Duration::from_secs(5));
-        assert_eq!(c.max_call_members, 4);
-        assert_eq!(c.http, "127.0.0.1:2".parse().unwrap());
-    }
-
-    #[test]
-    fn bad_values_are_explained() {
-        assert!(toml::from_str::<ServeArgs>("invite-timeout = \"soon\"").is_err());
-        assert!(toml::from_str::<ServeArgs>("no-such-key = 1").is_err());
-        let zero = ServeArgs {
-            dev: true,
-            invite_timeout: Some(Dur(Duration::ZERO)),
-            ..Default::default()
-        };
-        assert!(zero.resolve().is_err());
-        let hook = ServeArgs {
-            dev: true,
-            push_webhook: Some("ftp://x".into()),
-            ..Default::default()
-        };
-        assert!(hook.resolve().is_err());
-    }
-
-    #[test]
-    fn cli_parses() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["sfu", "serve", "--dev", "--invite-timeout", "2s"]).unwrap();
-        match cli.command {
-            Command::Serve(a) => assert_eq!(a.invite_timeout, Some(Dur(Duration::from_secs(2)))),
-            _ => panic!("expected serve"),
-        }
-    }
-}
+mod tests;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub keyframe_requests: IntCounterVec,
     pub nacks_received: IntCounter,
     pub datagrams_dropped: IntCounterVec,
+    pub limits_hit: IntCounterVec,
     pub forwarding_latency_seconds: Histogram,
     pub quality_mos: HistogramVec,
     pub quality_samples: IntCounterVec,
@@ -169,8 +170,13 @@ impl Metrics {
             ),
             datagrams_dropped: counter(
                 "sfu_datagrams_dropped_total",
-                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; send_failed).",
+                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; send_failed).",
                 &["reason"],
+            ),
+            limits_hit: counter(
+                "sfu_media_limits_hit_total",
+                "Per-member media caps that refused something, by limit (tracks: a published track over --max-tracks-per-kind; candidates: over --max-peer-candidates; addresses: a new source address refused, --max-peer-addresses active ones fill the list; opus_decode: an Opus packet not decoded, over --opus-decode-budget).",
+                &["limit"],
             ),
             forwarding_latency_seconds: histogram(
                 "sfu_forwarding_latency_seconds",
@@ -276,8 +282,11 @@ impl Metrics {
         for direction in ["received", "sent"] {
             self.keyframe_requests.with_label_values(&[direction]);
         }
-        for reason in ["unrouted", "send_failed"] {
+        for reason in ["unrouted", "over_rate", "send_failed"] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for limit in ["tracks", "candidates", "addresses", "opus_decode"] {
+            self.limits_hit.with_label_values(&[limit]);
         }
         for direction in ["up", "down"] {
             self.quality_mos.with_label_values(&[direction]);

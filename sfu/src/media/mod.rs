@@ -32,4 +32,4 @@ pub mod worker;
 
 pub use command::{Command, MemberMedia, Ticket};
 pub use event::{Failure, Leg, MediaError, MediaEvent, QualityReport};
-pub use worker::{MediaConfig, MediaCore, MediaCounters};
+pub use worker::{MediaConfig, MediaCore, MediaCounters, MediaLimits};

@@ -24,6 +24,7 @@ use super::event::{Failure, MediaError, MediaEvent};
 use super::quality::LinkQuality;
 use super::subscription::{SubId, SubState, Subscriptions};
 use super::track::Track;
+use crate::limits::TokenBucket;
 
 /// Index of a Peer in its worker, with a generation so stale timers and routes are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,7 +90,8 @@ pub struct Peer {
     /// Whether this call carries video; in audio calls offered video is not published.
     pub video: bool,
     pub state: MemberMedia,
-    pub addrs: Vec<SocketAddr>,
+    /// Source addresses str0m accepted, with when each last sent us something.
+    pub addrs: Vec<(SocketAddr, Instant)>,
     pub tracks: Vec<Track>,
     pub subs: Subscriptions,
     pending: Option<SdpPendingOffer>,
@@ -100,6 +102,10 @@ pub struct Peer {
     pub wake_changed: bool,
     /// Test hook: the next str0m mutation of this Peer panics (see `MediaCore::inject_panic`).
     pub inject_panic: bool,
+    /// Datagrams per second this Peer may send us (`MediaLimits::packet_rate`).
+    pub rate: TokenBucket,
+    /// Trickled remote candidates taken so far.
+    pub candidates: usize,
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
@@ -162,6 +168,8 @@ impl Peer {
             wake: None,
             wake_changed: false,
             inject_panic: false,
+            rate: TokenBucket::new(2000.0, 2000.0, now),
+            candidates: 0,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
         };

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::peer::PeerId;
 
@@ -39,8 +40,15 @@ impl Router {
         self.by_addr.insert(source, id);
     }
 
-    pub fn remove_peer(&mut self, id: PeerId, ufrag: &str, addrs: &[SocketAddr]) {
-        for a in addrs {
+    /// `source` is no longer one of Peer `id`'s addresses.
+    pub fn forget(&mut self, source: SocketAddr, id: PeerId) {
+        if self.by_addr.get(&source) == Some(&id) {
+            self.by_addr.remove(&source);
+        }
+    }
+
+    pub fn remove_peer(&mut self, id: PeerId, ufrag: &str, addrs: &[(SocketAddr, Instant)]) {
+        for (a, _) in addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);
             }
@@ -87,7 +95,7 @@ mod tests {
         assert_eq!(r.route(src, b"\x80\x60junk"), None);
         r.learn(src, a);
         assert_eq!(r.route(src, b"\x80\x60rtp"), Some(a));
-        r.remove_peer(a, "ufA", &[src]);
+        r.remove_peer(a, "ufA", &[(src, Instant::now())]);
         assert_eq!(r.route(src, b"\x80\x60rtp"), None);
         assert_eq!(r.route(src, &binding("ufA:x")), None);
         // A stale Peer's removal leaves a newer owner of the ufrag alone.

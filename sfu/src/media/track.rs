@@ -13,6 +13,7 @@ use str0m::rtp::{RtpPacket, Ssrc};
 
 use super::keyframe::KeyframeThrottle;
 use super::level::{DECODE_AFTER, OpusLevel};
+use crate::limits::TokenBucket;
 
 /// The facts of one received packet the Track books.
 #[derive(Clone, Copy, Debug)]
@@ -67,11 +68,15 @@ pub struct Track {
     /// that measures the level once there were enough of them.
     no_level_ext: u32,
     meter: Option<OpusLevel>,
+    /// Seconds of audio we may still decode (refills at the decode budget per second).
+    decode: TokenBucket,
+    last_level: Option<u8>,
 }
 
 impl Track {
     /// A new track, muted if its member is (availability waits for unmute and media).
-    pub fn new(mid: Mid, kind: MediaKind, muted: bool) -> Self {
+    /// `decode_budget`: seconds of Opus decoded per second when the level must be measured.
+    pub fn new(mid: Mid, kind: MediaKind, muted: bool, decode_budget: f64, now: Instant) -> Self {
         let cfg = match kind {
             MediaKind::Audio => AvailabilityConfig::AUDIO,
             MediaKind::Video => AvailabilityConfig::VIDEO,
@@ -94,6 +99,8 @@ impl Track {
             last_ts: None,
             no_level_ext: 0,
             meter: None,
+            decode: TokenBucket::new(decode_budget, decode_budget, now),
+            last_level: None,
         }
     }
 
@@ -135,19 +142,33 @@ impl Track {
     }
 
     /// The packet's level (−dBov): from the RFC 6464 extension, or by decoding the Opus of a
-    /// publisher that does not send it.
+    /// publisher that does not send it, within the decode budget (`Err(level)` when the budget
+    /// is spent: the last measured level stands in).
     #[inline]
-    pub fn audio_level(&mut self, pkt: &RtpPacket) -> Option<u8> {
+    pub fn audio_level(
+        &mut self,
+        pkt: &RtpPacket,
+        duration: Duration,
+        now: Instant,
+    ) -> Result<Option<u8>, Option<u8>> {
         if let Some(l) = pkt.header.ext_vals.audio_level {
             self.no_level_ext = 0;
             self.meter = None;
-            return Some(l.unsigned_abs().min(127));
+            return Ok(Some(l.unsigned_abs().min(127)));
         }
         self.no_level_ext = self.no_level_ext.saturating_add(1);
-        if self.no_level_ext >= DECODE_AFTER && self.meter.is_none() {
+        if self.no_level_ext < DECODE_AFTER {
+            return Ok(None);
+        }
+        if !self.decode.take_n(now, duration.as_secs_f64()) {
+            return Err(self.last_level);
+        }
+        if self.meter.is_none() {
             self.meter = OpusLevel::new();
         }
-        self.meter.as_mut()?.level(&pkt.payload)
+        let level = self.meter.as_mut().and_then(|m| m.level(&pkt.payload));
+        self.last_level = level.or(self.last_level);
+        Ok(level)
     }
 
     /// Cumulative (expected, lost) over every source, for windowed loss.
@@ -200,7 +221,7 @@ mod tests {
     #[test]
     fn loss_is_counted_across_a_source_change() {
         let t = Instant::now();
-        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, false);
+        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, false, 1.2, Instant::now());
         for s in [10, 11, 13] {
             assert!(!tr.on_packet(pkt(1, s, 0, t), t).new_source);
         }
@@ -215,7 +236,7 @@ mod tests {
     #[test]
     fn a_muted_track_is_not_available_until_unmuted() {
         let t = Instant::now();
-        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, true);
+        let mut tr = Track::new(Mid::from("0"), MediaKind::Audio, true, 1.2, t);
         for i in 0..50u64 {
             let at = t + Duration::from_millis(20 * i);
             assert_eq!(tr.on_packet(pkt(1, i, 0, at), at).available, None);

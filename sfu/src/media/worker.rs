@@ -26,8 +26,41 @@ use super::subscription::SubId;
 
 /// A Peer that has not connected (ICE + DTLS) this long after its offer is given up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A Peer's source address silent this long may make room for a new one.
+pub const ADDRESS_IDLE: Duration = Duration::from_secs(2);
 /// Largest SDP we look at.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// What one member's Peer may grow to; beyond these, the excess is dropped and counted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MediaLimits {
+    /// Published tracks per kind (audio, video) forwarded to the others.
+    pub tracks_per_kind: usize,
+    /// m-lines in a member's offer; a larger offer is refused.
+    pub offer_mlines: usize,
+    /// Source addresses remembered per Peer; a new one beyond this replaces one silent for
+    /// [`ADDRESS_IDLE`], or is refused.
+    pub addresses: usize,
+    /// Trickled remote candidates per Peer.
+    pub candidates: usize,
+    /// Datagrams per second from one Peer (bursts of one second's worth).
+    pub packet_rate: u32,
+    /// Seconds of Opus decoded per second for a publisher without the audio-level extension.
+    pub decode_budget: f64,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            tracks_per_kind: 3,
+            offer_mlines: 16,
+            addresses: 8,
+            candidates: 32,
+            packet_rate: 2000,
+            decode_budget: 1.2,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct MediaConfig {
@@ -38,6 +71,7 @@ pub struct MediaConfig {
     pub quality_interval: Duration,
     /// How often `volume` is reported per call (and availability checked).
     pub volume_interval: Duration,
+    pub limits: MediaLimits,
 }
 
 impl MediaConfig {
@@ -46,6 +80,7 @@ impl MediaConfig {
             advertised,
             quality_interval: Duration::from_secs(5),
             volume_interval: Duration::from_millis(300),
+            limits: MediaLimits::default(),
         }
     }
 }
@@ -68,6 +103,14 @@ pub struct MediaCounters {
     pub rtc_failures: u64,
     pub ice_disconnects: u64,
     pub datagrams_unrouted: u64,
+    /// Datagrams over a Peer's packet-rate ceiling, dropped before decryption.
+    pub datagrams_over_rate: u64,
+    /// What a cap refused: tracks over the per-kind cap, candidates over the cap, source
+    /// addresses refused (the list is full of active ones), Opus packets not decoded (budget spent).
+    pub tracks_refused: u64,
+    pub candidates_refused: u64,
+    pub addresses_refused: u64,
+    pub decodes_skipped: u64,
     pub peers_connected: u64,
 }
 
@@ -225,8 +268,18 @@ impl MediaCore {
         let Some(peer) = slot_peer(&mut self.slots, id) else {
             return;
         };
-        let is_new_addr = !peer.addrs.contains(&source);
-        if is_new_addr {
+        if !peer.rate.take(now) {
+            self.counters.datagrams_over_rate += 1;
+            return;
+        }
+        let known = match peer.addrs.iter_mut().find(|(a, _)| *a == source) {
+            Some(entry) => {
+                entry.1 = now;
+                true
+            }
+            None => false,
+        };
+        if !known {
             let probe = str0m::Input::Receive(now, receive);
             if !peer.accepts(&probe) {
                 self.counters.datagrams_unrouted += 1;
@@ -235,7 +288,25 @@ impl MediaCore {
             let str0m::Input::Receive(_, r) = probe else {
                 return;
             };
-            peer.addrs.push(source);
+            // A member knows its ICE password, so it could register any number of (spoofed)
+            // sources: the list is capped. An address silent for ADDRESS_IDLE makes room
+            // (roaming works); one the member is using is never pushed out.
+            if peer.addrs.len() >= self.cfg.limits.addresses.max(1) {
+                let (i, idle) = peer
+                    .addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, seen))| (i, now.saturating_duration_since(*seen)))
+                    .max_by_key(|(_, idle)| *idle)
+                    .unwrap_or((0, Duration::ZERO));
+                if idle < ADDRESS_IDLE {
+                    self.counters.addresses_refused += 1;
+                    return;
+                }
+                let (old, _) = peer.addrs.remove(i);
+                self.router.forget(old, id);
+            }
+            peer.addrs.push((source, now));
             self.router.learn(source, id);
             return self.receive(now, id, r);
         }

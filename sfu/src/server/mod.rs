@@ -119,7 +119,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             index,
             bind,
             cfg.media_ip,
-            (cfg.quality_interval, cfg.volume_interval),
+            crate::media::MediaConfig {
+                quality_interval: cfg.quality_interval,
+                volume_interval: cfg.volume_interval,
+                limits: cfg.media_limits,
+                ..crate::media::MediaConfig::new(bind)
+            },
             media_tx.clone(),
             metrics.clone(),
             shutdown_rx.clone(),

@@ -30,7 +30,7 @@ pub(crate) fn spawn(
     index: usize,
     bind: SocketAddr,
     media_ip: std::net::IpAddr,
-    intervals: (Duration, Duration),
+    media: MediaConfig,
     to_driver: mpsc::UnboundedSender<Input>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -64,8 +64,7 @@ pub(crate) fn spawn(
                 };
                 let core = MediaCore::new(MediaConfig {
                     advertised,
-                    quality_interval: intervals.0,
-                    volume_interval: intervals.1,
+                    ..media
                 });
                 Worker {
                     core,
@@ -216,6 +215,17 @@ impl Worker {
         m.datagrams_dropped
             .with_label_values(&["unrouted"])
             .inc_by(c.datagrams_unrouted - f.datagrams_unrouted);
+        m.datagrams_dropped
+            .with_label_values(&["over_rate"])
+            .inc_by(c.datagrams_over_rate - f.datagrams_over_rate);
+        for (limit, now, then) in [
+            ("tracks", c.tracks_refused, f.tracks_refused),
+            ("candidates", c.candidates_refused, f.candidates_refused),
+            ("addresses", c.addresses_refused, f.addresses_refused),
+            ("opus_decode", c.decodes_skipped, f.decodes_skipped),
+        ] {
+            m.limits_hit.with_label_values(&[limit]).inc_by(now - then);
+        }
         let peers = self.core.peers() as i64;
         m.peers_active.add(peers - self.peers_reported);
         self.peers_reported = peers;

@@ -8,6 +8,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 
 use super::{MAX_SDP_BYTES, MediaCore, slot_peer};
+use crate::limits::TokenBucket;
 use crate::media::command::{MemberMedia, Ticket};
 use crate::media::event::MediaError;
 use crate::media::peer::{Peer, PeerId, Sink, guarded};
@@ -24,8 +25,14 @@ impl MediaCore {
         state: MemberMedia,
         ticket: Ticket,
     ) {
+        let mlines = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        let max_mlines = self.cfg.limits.offer_mlines;
         let offer = if sdp.len() > MAX_SDP_BYTES {
             Err(MediaError::BadSdp("larger than 64 KiB".into()))
+        } else if mlines > max_mlines {
+            Err(MediaError::BadSdp(format!(
+                "{mlines} m-lines; at most {max_mlines} are accepted"
+            )))
         } else {
             guarded(|| SdpOffer::from_sdp_string(sdp))
                 .map_err(|_| MediaError::BadSdp("offer could not be parsed".into()))
@@ -44,13 +51,15 @@ impl MediaCore {
         let accepted = Peer::accept(
             id, now, advertised, call_id, user, offer, video, state, &mut sink,
         );
-        let (peer, answer) = match accepted {
+        let (mut peer, answer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 self.events.retain(|(p, _)| *p != id);
                 return self.reply(ticket, Err(e));
             }
         };
+        let rate = f64::from(self.cfg.limits.packet_rate.max(1));
+        peer.rate = TokenBucket::new(rate, rate, now);
         // A new offer replaces the member's Peer (a reconnect, or an ICE restart).
         if let Some(old) = self.member(call_id, user) {
             self.remove_peer(now, old, None);
@@ -151,6 +160,11 @@ impl MediaCore {
         let Some(peer) = slot_peer(&mut self.slots, id) else {
             return;
         };
+        if peer.candidates >= self.cfg.limits.candidates {
+            self.counters.candidates_refused += 1;
+            return;
+        }
+        peer.candidates += 1;
         let mut sink = Sink {
             out: &mut self.out,
             events: &mut self.events,

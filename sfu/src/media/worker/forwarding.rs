@@ -34,13 +34,21 @@ impl MediaCore {
             }
             PeerEvent::IceDisconnected => self.counters.ice_disconnects += 1,
             PeerEvent::MediaAdded(mid, kind) => {
-                if (kind == MediaKind::Audio || peer.video)
-                    && !peer.tracks.iter().any(|t| t.mid == mid)
-                {
-                    let muted = peer.state.muted(kind) || peer.state.held;
-                    peer.tracks.push(Track::new(mid, kind, muted));
-                    self.publish(now, id, mid, kind);
+                let limits = self.cfg.limits;
+                let wanted = (kind == MediaKind::Audio || peer.video)
+                    && !peer.tracks.iter().any(|t| t.mid == mid);
+                if !wanted {
+                    return;
                 }
+                // Every published track costs every other member an m-line: capped per kind.
+                if peer.tracks.iter().filter(|t| t.kind == kind).count() >= limits.tracks_per_kind {
+                    self.counters.tracks_refused += 1;
+                    return;
+                }
+                let muted = peer.state.muted(kind) || peer.state.held;
+                let budget = limits.decode_budget;
+                peer.tracks.push(Track::new(mid, kind, muted, budget, now));
+                self.publish(now, id, mid, kind);
             }
             PeerEvent::Rtp(mid, pkt) => self.on_rtp(now, id, mid, &pkt),
             PeerEvent::KeyframeRequest(mid, kind) => {
@@ -114,10 +122,17 @@ impl MediaCore {
         self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
         let received = track.on_packet(Arrival::of(pkt), now);
         let withheld = publisher.state.held || publisher.state.muted(kind);
-        if kind == MediaKind::Audio
-            && !withheld
-            && let Some(level) = track.audio_level(pkt)
-        {
+        let level = match kind {
+            MediaKind::Audio if !withheld => match track.audio_level(pkt, received.duration, now) {
+                Ok(level) => level,
+                Err(last) => {
+                    self.counters.decodes_skipped += 1;
+                    last
+                }
+            },
+            _ => None,
+        };
+        if let Some(level) = level {
             let secs = received.duration.as_secs_f64();
             publisher.volume.0 += energy(level) * secs;
             publisher.volume.1 += secs;
