@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sfu::media::{Leg, MediaEvent, MemberMedia};
+use sfu::media::{Leg, MediaConfig, MediaEvent, MediaLimits, MemberMedia};
 use sfu_suite::netsim::{World, server_addr};
 use str0m::media::MediaKind;
 
@@ -134,9 +134,20 @@ fn hold_survives_a_reconnect_and_its_re_offer() {
     assert!(resumed.got(0, 1, MediaKind::Video) > after.got(0, 1, MediaKind::Video) + 20);
 }
 
+/// A server that takes the 2,500 packets/s these tests send to compress time.
+fn fast_world() -> World {
+    World::with_config(MediaConfig {
+        limits: MediaLimits {
+            packet_rate: 10_000,
+            ..MediaLimits::default()
+        },
+        ..MediaConfig::new(server_addr())
+    })
+}
+
 #[test]
 fn a_hold_of_100_000_packets_resumes_at_once_without_a_gap() {
-    let mut w = World::new();
+    let mut w = fast_world();
     w.join_call("alice", &AUDIO, false);
     w.join_call("bob", &AUDIO, false);
     w.run(Duration::from_secs(2));
@@ -171,7 +182,7 @@ fn a_hold_of_100_000_packets_resumes_at_once_without_a_gap() {
 
 #[test]
 fn a_subscriber_held_past_the_16_bit_range_decrypts_again() {
-    let mut w = World::new();
+    let mut w = fast_world();
     w.join_call("alice", &AUDIO, false);
     w.join_call("bob", &AUDIO, false);
     w.run(Duration::from_secs(2));
@@ -355,4 +366,50 @@ fn a_str0m_panic_drops_one_peer_only_and_its_member_recovers() {
     assert_eq!(w.server.peers(), 3);
     assert!(w.clients[0].from(1, MediaKind::Audio) > ab + 50);
     assert!(w.clients[1].from(2, MediaKind::Audio) > 50);
+}
+
+#[test]
+fn two_hundred_re_offers_never_grow_the_others_sdp() {
+    let mut w = World::new();
+    w.join("alice", &AV);
+    w.join("bob", &AV);
+    w.join("carol", &AV);
+    w.run(Duration::from_secs(2));
+    let mids = (w.clients[0].recv_mids.len(), w.clients[1].recv_mids.len());
+    assert_eq!(mids, (4, 4));
+    // carol's app reconnects 200 times (each a fresh peer connection and offer).
+    for _ in 0..200 {
+        w.reconnect(2, &AV, true);
+        w.run(Duration::from_millis(300));
+    }
+    w.run(Duration::from_secs(1));
+    // alice and bob kept their m-lines for carol: no server offer, no new m-line.
+    assert_eq!(
+        (w.clients[0].recv_mids.len(), w.clients[1].recv_mids.len()),
+        mids
+    );
+    assert!(w.clients[2].rtc.is_connected());
+    let (a, v) = (
+        w.clients[1].from(2, MediaKind::Audio),
+        w.clients[1].from(2, MediaKind::Video),
+    );
+    w.run(Duration::from_secs(1));
+    assert!(
+        w.clients[1].from(2, MediaKind::Audio) >= a + 45,
+        "bob hears carol"
+    );
+    assert!(
+        w.clients[1].from(2, MediaKind::Video) >= v + 25,
+        "bob sees carol"
+    );
+    assert!(
+        w.clients[2].from(0, MediaKind::Audio) > 0,
+        "carol hears alice"
+    );
+    assert_eq!(
+        gaps(&w, 1, 2, MediaKind::Audio),
+        0,
+        "carol's stream continues at bob"
+    );
+    assert_eq!(w.server.counters().rtc_failures, 0);
 }

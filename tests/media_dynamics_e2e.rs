@@ -364,7 +364,8 @@ async fn muted_before_the_first_offer_over_udp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_of_100_000_packets_over_udp() {
-    let s = Server::start(&[]).await;
+    // 10,000 packets/s to compress the hold into 10 s: above the default per-member ceiling.
+    let s = Server::start(&["--max-peer-packet-rate", "20000"]).await;
     let alice = vec![
         Step::Offer,
         Step::Send {

@@ -61,6 +61,9 @@ pub enum PeerEvent {
     KeyframeRequest(Mid, KeyframeRequestKind),
     Egress(MediaEgressStats),
     Ingress(MediaIngressStats),
+    /// Queued by the core behind a `Connected` and the `MediaAdded`s that follow it in the
+    /// same drain: the Peer's tracks are all known.
+    Settled,
 }
 
 /// Where a drain puts what it finds: datagrams straight to the core's output, events for the

@@ -38,6 +38,9 @@ pub struct Subscription {
     epoch: u32,
     /// Last (publisher PT, our PT) mapping, to skip the codec lookup per packet.
     pt_cache: Option<(u8, u8)>,
+    /// Kept from the publisher's previous Peer (a re-offer): waits for a track of its kind
+    /// from `source`, the new Peer, so the subscriber needs no new m-line.
+    pub adopted: bool,
 }
 
 impl Subscription {
@@ -51,7 +54,23 @@ impl Subscription {
             munger: SeqMunger::new(clock_rate(kind)),
             epoch: 0,
             pt_cache: None,
+            adopted: false,
         }
+    }
+
+    /// The publisher re-offered: this m-line will carry a track of the same kind from their new
+    /// Peer `source` (no renegotiation, continuous numbering).
+    pub fn adopt(&mut self, source: PeerId) {
+        self.source = source;
+        self.adopted = true;
+    }
+
+    /// The new Peer published track `mid`: this stream continues with it.
+    pub fn bind(&mut self, mid: Mid) {
+        self.source_mid = mid;
+        self.adopted = false;
+        self.pt_cache = None;
+        self.munger.restart();
     }
 
     /// The mid packets are written on, once negotiated.
@@ -158,7 +177,14 @@ impl Subscriptions {
     /// The subscription to `source`'s track `mid`.
     pub fn find(&self, source: PeerId, mid: Mid) -> Option<SubId> {
         self.iter()
-            .find(|(_, s)| s.source == source && s.source_mid == mid)
+            .find(|(_, s)| s.source == source && s.source_mid == mid && !s.adopted)
+            .map(|(i, _)| i)
+    }
+
+    /// A subscription adopted for `source`'s next track of `kind`.
+    pub fn adopted(&self, source: PeerId, kind: MediaKind) -> Option<SubId> {
+        self.iter()
+            .find(|(_, s)| s.adopted && s.source == source && s.kind == kind)
             .map(|(i, _)| i)
     }
 
@@ -208,6 +234,25 @@ mod tests {
         // The publisher's new SSRC starts at a low number: the stream still continues.
         let (next, _) = s.rewrite(3, 0, 1, t).unwrap();
         assert_eq!(next, first + 1);
+    }
+
+    #[test]
+    fn an_adopted_stream_continues_on_the_new_source() {
+        let t = Instant::now();
+        let (old, new) = (PeerId::new(1, 0), PeerId::new(1, 1));
+        let mut s = sub(old, "0");
+        let (first, _) = s.rewrite(20_000, 0, 0, t).unwrap();
+        s.adopt(new);
+        let mut subs = Subscriptions::default();
+        let id = subs.insert(s);
+        assert_eq!(subs.find(new, Mid::from("0")), None, "not bound yet");
+        assert_eq!(subs.adopted(new, MediaKind::Audio), Some(id));
+        assert_eq!(subs.adopted(new, MediaKind::Video), None);
+        let s = subs.get_mut(id).unwrap();
+        s.bind(Mid::from("1"));
+        let (next, _) = s.rewrite(5, 0, 0, t).unwrap();
+        assert_eq!(next, first + 1, "numbering continues across the re-offer");
+        assert_eq!(subs.find(new, Mid::from("1")), Some(id));
     }
 
     #[test]

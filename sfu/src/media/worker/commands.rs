@@ -60,9 +60,10 @@ impl MediaCore {
         };
         let rate = f64::from(self.cfg.limits.packet_rate.max(1));
         peer.rate = TokenBucket::new(rate, rate, now);
-        // A new offer replaces the member's Peer (a reconnect, or an ICE restart).
+        // A new offer replaces the member's Peer (a reconnect, or an ICE restart); the others
+        // keep their m-lines for it, so re-offers never grow their SDP.
         if let Some(old) = self.member(call_id, user) {
-            self.remove_peer(now, old, None);
+            self.replace_peer(now, old, id);
         }
         self.router.add_peer(&peer.ufrag, id);
         self.insert(id, peer);

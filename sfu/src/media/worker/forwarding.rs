@@ -31,7 +31,10 @@ impl MediaCore {
             PeerEvent::Connected => {
                 peer.connected = true;
                 self.counters.peers_connected += 1;
+                // str0m reports the member's tracks right after: act once they are all in.
+                self.events.push_back((id, PeerEvent::Settled));
             }
+            PeerEvent::Settled => self.release_adopted(now, id),
             PeerEvent::IceDisconnected => self.counters.ice_disconnects += 1,
             PeerEvent::MediaAdded(mid, kind) => {
                 let limits = self.cfg.limits;
@@ -79,13 +82,20 @@ impl MediaCore {
             Some(r) => r.peers().filter(|p| *p != id).collect(),
             None => return,
         };
+        let mut rebound = false;
         for other in others {
-            self.subscribe(other, id, &publisher, mid, kind);
+            rebound |= self.subscribe(other, id, &publisher, mid, kind);
             self.negotiate(now, other);
+        }
+        if rebound && kind == MediaKind::Video {
+            // Subscribers kept their m-line across the re-offer: their decoders need a
+            // keyframe of the new source.
+            self.request_keyframe(now, id, mid, KeyframeRequestKind::Pli);
         }
     }
 
-    /// `subscriber` receives `publisher`'s track `mid` (from our next offer on).
+    /// `subscriber` receives `publisher`'s track `mid`: on an m-line kept from the
+    /// publisher's previous Peer if there is one (returns true), else from our next offer on.
     pub(super) fn subscribe(
         &mut self,
         subscriber: PeerId,
@@ -93,17 +103,29 @@ impl MediaCore {
         user: &str,
         mid: Mid,
         kind: MediaKind,
-    ) {
+    ) -> bool {
         let Some(s) = slot_peer(&mut self.slots, subscriber) else {
-            return;
+            return false;
         };
         if s.subs.find(publisher, mid).is_some() {
-            return;
+            return false;
         }
-        let sub = s.subs.insert(Subscription::new(publisher, user, mid, kind));
+        let (sub, rebound) = match s.subs.adopted(publisher, kind) {
+            Some(sub) => {
+                if let Some(x) = s.subs.get_mut(sub) {
+                    x.bind(mid);
+                }
+                (sub, true)
+            }
+            None => (
+                s.subs.insert(Subscription::new(publisher, user, mid, kind)),
+                false,
+            ),
+        };
         if let Some(room) = self.rooms.get_mut(&s.call_id) {
             room.subscribe(publisher, mid, subscriber, sub);
         }
+        rebound
     }
 
     /// One packet of `from`'s track `mid`: booked, then forwarded to every subscription of it

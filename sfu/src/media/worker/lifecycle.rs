@@ -36,15 +36,18 @@ impl MediaCore {
         }
     }
 
+    /// Puts `peer` in the slot `id` names (reserved by [`MediaCore::next_id`]; other Peers may
+    /// have been freed since, so the free list is searched, not popped).
     pub(super) fn insert(&mut self, id: PeerId, peer: Peer) {
-        if self.free.last() == Some(&(id.index() as u32)) {
-            self.free.pop();
-            self.slots[id.index()].peer = Some(peer);
-        } else {
-            self.slots.push(Slot {
+        match self.free.iter().rposition(|&i| i as usize == id.index()) {
+            Some(pos) => {
+                self.free.swap_remove(pos);
+                self.slots[id.index()].peer = Some(peer);
+            }
+            None => self.slots.push(Slot {
                 generation: 0,
                 peer: Some(peer),
-            });
+            }),
         }
     }
 
@@ -69,6 +72,51 @@ impl MediaCore {
     /// Closes and forgets Peer `id`; its tracks leave the others' offers. A failure is
     /// counted and reported to its member.
     pub(super) fn remove_peer(&mut self, now: Instant, id: PeerId, failure: Option<Failure>) {
+        self.retire_peer(now, id, failure, None);
+    }
+
+    /// Replaces Peer `old` by `new` (the member re-offered): the others keep their m-lines for
+    /// `old`'s tracks, adopted by `new`'s tracks of the same kind as they appear.
+    pub(super) fn replace_peer(&mut self, now: Instant, old: PeerId, new: PeerId) {
+        self.retire_peer(now, old, None, Some(new));
+    }
+
+    /// After `new`'s offer is applied: adopted m-lines its tracks did not take are stopped.
+    pub(super) fn release_adopted(&mut self, now: Instant, new: PeerId) {
+        let others: Vec<PeerId> = match self.peer(new).and_then(|p| self.rooms.get(&p.call_id)) {
+            Some(room) => room.peers().filter(|p| *p != new).collect(),
+            None => return,
+        };
+        for other in others {
+            let Some(o) = slot_peer(&mut self.slots, other) else {
+                continue;
+            };
+            let mut any = false;
+            for (_, s) in o
+                .subs
+                .iter_mut()
+                .filter(|(_, s)| s.adopted && s.source == new)
+            {
+                s.adopted = false;
+                any = true;
+                s.state = match s.state {
+                    SubState::Open(m) | SubState::Negotiating(m) => SubState::ToStop(m),
+                    other => other,
+                };
+            }
+            if any {
+                self.negotiate(now, other);
+            }
+        }
+    }
+
+    fn retire_peer(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        failure: Option<Failure>,
+        successor: Option<PeerId>,
+    ) {
         let Some(slot) = self.slots.get_mut(id.index()) else {
             return;
         };
@@ -115,9 +163,13 @@ impl MediaCore {
                 .subs
                 .iter_mut()
                 .filter(|(_, s)| s.source == id)
-                .filter_map(|(sub, s)| match s.state {
-                    SubState::ToOpen => Some(sub),
-                    SubState::Open(m) | SubState::Negotiating(m) => {
+                .filter_map(|(sub, s)| match (s.state, successor) {
+                    (SubState::Open(_) | SubState::Negotiating(_), Some(new)) => {
+                        s.adopt(new);
+                        None
+                    }
+                    (SubState::ToOpen, _) => Some(sub),
+                    (SubState::Open(m) | SubState::Negotiating(m), None) => {
                         s.state = SubState::ToStop(m);
                         None
                     }
