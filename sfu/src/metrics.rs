@@ -33,6 +33,7 @@ pub struct Metrics {
     pub nacks_received: IntCounter,
     pub datagrams_dropped: IntCounterVec,
     pub limits_hit: IntCounterVec,
+    pub queue_dropped: IntCounterVec,
     pub forwarding_latency_seconds: Histogram,
     pub quality_mos: HistogramVec,
     pub quality_samples: IntCounterVec,
@@ -178,6 +179,11 @@ impl Metrics {
                 "Per-member media caps that refused something, by limit (tracks: a published track over --max-tracks-per-kind; candidates: over --max-peer-candidates; addresses: a new source address refused, --max-peer-addresses active ones fill the list; opus_decode: an Opus packet not decoded, over --opus-decode-budget).",
                 &["limit"],
             ),
+            queue_dropped: counter(
+                "sfu_queue_dropped_total",
+                "Items a full internal queue refused, by queue (worker_commands: driver to a media worker; media_events: workers to the driver; cdr: records to the CDR file).",
+                &["queue"],
+            ),
             forwarding_latency_seconds: histogram(
                 "sfu_forwarding_latency_seconds",
                 "Time from receiving an RTP datagram to having sent its forwarded copies.",
@@ -284,6 +290,9 @@ impl Metrics {
         }
         for reason in ["unrouted", "over_rate", "send_failed"] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for queue in ["worker_commands", "media_events", "cdr"] {
+            self.queue_dropped.with_label_values(&[queue]);
         }
         for limit in ["tracks", "candidates", "addresses", "opus_decode"] {
             self.limits_hit.with_label_values(&[limit]);

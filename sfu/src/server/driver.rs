@@ -52,7 +52,7 @@ struct Workers {
 pub(crate) async fn run(
     cfg: ModelConfig,
     mut rx: mpsc::Receiver<Input>,
-    mut media_rx: mpsc::UnboundedReceiver<Input>,
+    mut media_rx: mpsc::Receiver<Input>,
     shared: Arc<Shared>,
     push: PushQueue,
     handles: Vec<WorkerHandle>,
@@ -216,7 +216,18 @@ fn to_worker(shared: &Shared, workers: &Workers, model: &mut CallModel, cmd: Com
         .get(cmd.call_id())
         .and_then(|e| workers.handles.get(e.worker));
     let undelivered = match worker {
-        Some(w) => w.tx.send(cmd).err().map(|e| e.0),
+        Some(w) => match w.tx.try_send(cmd) {
+            Ok(()) => None,
+            Err(TrySendError::Full(cmd)) => {
+                shared
+                    .metrics
+                    .queue_dropped
+                    .with_label_values(&["worker_commands"])
+                    .inc();
+                Some(cmd)
+            }
+            Err(TrySendError::Closed(cmd)) => Some(cmd),
+        },
         None => Some(cmd),
     };
     if let Some(cmd) = undelivered {
@@ -291,7 +302,9 @@ fn record(shared: &Shared, workers: &mut Workers, event: CallEvent) {
             if let (Some(record), Some(cdr)) = (record, &shared.cdr)
                 && let Ok(line) = serde_json::to_string(&record)
             {
-                let _ = cdr.send(line);
+                if cdr.try_send(line).is_err() {
+                    m.queue_dropped.with_label_values(&["cdr"]).inc();
+                }
             }
             let answered = if answered { "true" } else { "false" };
             m.calls_ended

@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
-    pub cdr: Option<std::sync::mpsc::Sender<String>>,
+    pub cdr: Option<std::sync::mpsc::SyncSender<String>>,
     next_conn: AtomicU64,
 }
 
@@ -90,6 +90,13 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 /// Queue of requests waiting for the call model; sessions wait (backpressure) when it is full.
 const DRIVER_QUEUE: usize = 8192;
+/// Media events (replies, offers, reports) from all workers to the driver, and commands from
+/// the driver to one worker: far above what a live worker leaves queued; what a stuck one
+/// would grow is dropped and counted (`sfu_queue_dropped_total`).
+pub(crate) const MEDIA_EVENT_QUEUE: usize = 65_536;
+pub(crate) const WORKER_COMMAND_QUEUE: usize = 65_536;
+/// Finished call records waiting for the CDR file.
+const CDR_QUEUE: usize = 4096;
 
 /// Binds the listeners and starts every task.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
@@ -105,7 +112,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
-    let (media_tx, media_rx) = mpsc::unbounded_channel();
+    let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     for index in 0..cfg.workers {
@@ -203,14 +210,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
 
 /// Appends call records as JSON lines from a thread of its own (file I/O never blocks the
 /// driver). The file is opened now so a bad path fails at start.
-fn cdr_writer(path: &std::path::Path) -> anyhow::Result<std::sync::mpsc::Sender<String>> {
+fn cdr_writer(path: &std::path::Path) -> anyhow::Result<std::sync::mpsc::SyncSender<String>> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open --cdr-file {}", path.display()))?;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(CDR_QUEUE);
     std::thread::Builder::new()
         .name("sfu-cdr".into())
         .spawn(move || {

@@ -21,7 +21,7 @@ const RECV_BATCH: usize = 64;
 /// How the rest of the server reaches one Worker.
 #[derive(Clone)]
 pub(crate) struct WorkerHandle {
-    pub tx: mpsc::UnboundedSender<Command>,
+    pub tx: mpsc::Sender<Command>,
     pub advertised: SocketAddr,
 }
 
@@ -31,7 +31,7 @@ pub(crate) fn spawn(
     bind: SocketAddr,
     media_ip: std::net::IpAddr,
     media: MediaConfig,
-    to_driver: mpsc::UnboundedSender<Input>,
+    to_driver: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
@@ -40,7 +40,7 @@ pub(crate) fn spawn(
     socket.set_nonblocking(true)?;
     let port = socket.local_addr()?.port();
     let advertised = SocketAddr::new(media_ip, port);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(super::WORKER_COMMAND_QUEUE);
     let thread = std::thread::Builder::new()
         .name(format!("sfu-worker-{index}"))
         .spawn(move || {
@@ -86,7 +86,7 @@ pub(crate) fn spawn(
 struct Worker {
     core: MediaCore,
     socket: UdpSocket,
-    to_driver: mpsc::UnboundedSender<Input>,
+    to_driver: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     /// Counters as last flushed, for deltas.
     flushed: MediaCounters,
@@ -97,7 +97,7 @@ struct Worker {
 impl Worker {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut rx: mpsc::Receiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.latency = Some(self.metrics.forwarding_latency_seconds.local());
@@ -162,7 +162,16 @@ impl Worker {
                     }
                 }
                 other => {
-                    let _ = self.to_driver.send(Input::Media(other));
+                    // Never wait on the driver: a full queue means it is stuck (supervision
+                    // deals with that); what does not fit is counted.
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        self.to_driver.try_send(Input::Media(other))
+                    {
+                        self.metrics
+                            .queue_dropped
+                            .with_label_values(&["media_events"])
+                            .inc();
+                    }
                 }
             }
         }
