@@ -24,40 +24,68 @@ pub struct DirectionStats {
     pub levels: BTreeMap<&'static str, u32>,
 }
 
+/// MOS values are reported to 0.01 between 1.00 and 4.50: one counter per possible value keeps
+/// percentiles exact in constant memory, however long the call.
+const MOS_BINS: usize = 351;
+
 #[derive(Clone, Debug, Default)]
 struct Samples {
-    mos: Vec<f64>,
+    n: u32,
+    mos_sum: f64,
+    mos_bins: Vec<u32>,
     loss: f64,
     jitter: f64,
     rtt: f64,
     levels: BTreeMap<&'static str, u32>,
 }
 
+fn mos_bin(mos: f64) -> usize {
+    ((mos - 1.0) * 100.0)
+        .round()
+        .clamp(0.0, (MOS_BINS - 1) as f64) as usize
+}
+
 impl Samples {
     fn add(&mut self, mos: f64, level: Level, loss: f64, jitter: f64, rtt: f64) {
-        self.mos.push(mos);
+        if self.mos_bins.is_empty() {
+            self.mos_bins = vec![0; MOS_BINS];
+        }
+        self.mos_bins[mos_bin(mos)] += 1;
+        self.n = self.n.saturating_add(1);
+        self.mos_sum += mos;
         self.loss += loss;
         self.jitter += jitter;
         self.rtt += rtt;
         *self.levels.entry(level.as_str()).or_default() += 1;
     }
 
+    /// The MOS at nearest rank `rank` (1-based).
+    fn mos_at_rank(&self, rank: u64) -> f64 {
+        let mut seen = 0u64;
+        for (i, &c) in self.mos_bins.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return 1.0 + i as f64 / 100.0;
+            }
+        }
+        4.5
+    }
+
     fn stats(&self) -> Option<DirectionStats> {
-        let n = self.mos.len();
+        let n = self.n;
         if n == 0 {
             return None;
         }
-        let mut sorted = self.mos.clone();
-        sorted.sort_by(f64::total_cmp);
+        let nf = f64::from(n);
         // Nearest-rank percentile.
-        let p5 = sorted[((n as f64 * 0.05).ceil() as usize).clamp(1, n) - 1];
-        let nf = n as f64;
+        let p5_rank = ((nf * 0.05).ceil() as u64).clamp(1, u64::from(n));
         let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        let round2 = |x: f64| (x * 100.0).round() / 100.0;
         Some(DirectionStats {
-            samples: n as u32,
-            mos_min: sorted[0],
-            mos_avg: round(sorted.iter().sum::<f64>() / nf),
-            mos_p5: p5,
+            samples: n,
+            mos_min: round2(self.mos_at_rank(1)),
+            mos_avg: round(self.mos_sum / nf),
+            mos_p5: round2(self.mos_at_rank(p5_rank)),
             loss_avg: round(self.loss / nf),
             jitter_avg_ms: round(self.jitter / nf),
             rtt_avg_ms: round(self.rtt / nf),
@@ -290,5 +318,36 @@ mod tests {
         assert_eq!(ids, ["c2", "c1"]);
         assert_eq!(r.recent(1).len(), 1);
         assert!(r.ended("unknown", EndReason::Hangup, true, 0).is_none());
+    }
+
+    #[test]
+    fn a_day_long_call_keeps_exact_percentiles_in_constant_memory() {
+        let mut smp = Samples::default();
+        // One sample per 5 s for 24 h, MOS cycling through 3.00..4.49.
+        let values: Vec<f64> = (0..17_280)
+            .map(|i| 3.0 + f64::from(i % 150) / 100.0)
+            .collect();
+        for &m in &values {
+            smp.add(m, Level::Good, 0.0, 1.0, 20.0);
+        }
+        assert_eq!(
+            smp.mos_bins.len(),
+            MOS_BINS,
+            "no growth with the call's length"
+        );
+        let st = smp.stats().unwrap();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = (sorted.len() as f64 * 0.05).ceil() as usize;
+        assert_eq!(st.samples, 17_280);
+        assert_eq!(st.mos_min, sorted[0]);
+        assert!(
+            (st.mos_p5 - sorted[rank - 1]).abs() < 1e-9,
+            "{} vs {}",
+            st.mos_p5,
+            sorted[rank - 1]
+        );
+        let avg = values.iter().sum::<f64>() / values.len() as f64;
+        assert!((st.mos_avg - avg).abs() < 1e-3);
     }
 }

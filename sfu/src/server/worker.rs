@@ -95,11 +95,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         self.latency = Some(self.metrics.forwarding_latency_seconds.local());
         let mut buf = vec![0u8; 2048];
         let mut flush = interval(Duration::from_secs(1));
