@@ -301,10 +301,9 @@ fn record(shared: &Shared, workers: &mut Workers, event: CallEvent) {
                 .ended(&call_id, reason, answered, unix_ms());
             if let (Some(record), Some(cdr)) = (record, &shared.cdr)
                 && let Ok(line) = serde_json::to_string(&record)
+                && cdr.try_send(line).is_err()
             {
-                if cdr.try_send(line).is_err() {
-                    m.queue_dropped.with_label_values(&["cdr"]).inc();
-                }
+                m.queue_dropped.with_label_values(&["cdr"]).inc();
             }
             let answered = if answered { "true" } else { "false" };
             m.calls_ended
