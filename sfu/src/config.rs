@@ -171,6 +171,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_WS_IDLE_TIMEOUT", value_name = "DURATION")]
     pub ws_idle_timeout: Option<Dur>,
 
+    /// Test hook (with --dev only): the call-model driver stops after this long, to exercise
+    /// supervision (/healthz 503, sessions closed with 1011, non-zero exit).
+    #[arg(long, hide = true, value_name = "DURATION")]
+    #[serde(skip)]
+    pub fail_driver_after: Option<Dur>,
+
     /// Log format. [default: human]
     #[arg(long, env = "SFU_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -240,6 +246,7 @@ pub struct ServeConfig {
     pub max_calls_per_user: usize,
     pub ws_idle_timeout: Duration,
     pub media_limits: crate::media::MediaLimits,
+    pub fail_driver_after: Option<Duration>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -302,6 +309,7 @@ impl ServeArgs {
             max_peer_candidates: self.max_peer_candidates.or(file.max_peer_candidates),
             max_peer_packet_rate: self.max_peer_packet_rate.or(file.max_peer_packet_rate),
             opus_decode_budget: self.opus_decode_budget.or(file.opus_decode_budget),
+            fail_driver_after: self.fail_driver_after,
             log_format: self.log_format.or(file.log_format),
             log_level: self.log_level.or(file.log_level),
         }
@@ -412,8 +420,12 @@ impl ServeArgs {
         if !(1..=100).contains(&max_calls_per_user) {
             bail!("--max-calls-per-user must be between 1 and 100");
         }
+        if self.fail_driver_after.is_some() && !self.dev {
+            bail!("--fail-driver-after is a test hook: only with --dev");
+        }
         Ok(ServeConfig {
             media_limits,
+            fail_driver_after: self.fail_driver_after.map(|d| d.0),
             dev: self.dev,
             http,
             metrics,

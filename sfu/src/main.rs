@@ -50,11 +50,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let server = sfu::server::start(cfg).await?;
-        wait_for_signal().await;
+        let failure = tokio::select! {
+            () = wait_for_signal() => None,
+            reason = server.failed() => Some(reason),
+        };
         tracing::info!("shutting down");
         server.shutdown();
         server.wait().await;
-        Ok(())
+        // A failed component exits non-zero so an orchestrator restarts the server.
+        match failure {
+            Some(reason) => anyhow::bail!("stopped after a failure: {reason}"),
+            None => Ok(()),
+        }
     })
 }
 

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub datagrams_dropped: IntCounterVec,
     pub limits_hit: IntCounterVec,
     pub queue_dropped: IntCounterVec,
+    pub healthy: IntGauge,
+    pub component_failures: IntCounterVec,
     pub forwarding_latency_seconds: Histogram,
     pub quality_mos: HistogramVec,
     pub quality_samples: IntCounterVec,
@@ -184,6 +186,15 @@ impl Metrics {
                 "Items a full internal queue refused, by queue (worker_commands: driver to a media worker; media_events: workers to the driver; cdr: records to the CDR file).",
                 &["queue"],
             ),
+            healthy: gauge(
+                "sfu_healthy",
+                "1 while every component runs; 0 once the call-model driver or a media worker stopped unasked (the process is exiting).",
+            ),
+            component_failures: counter(
+                "sfu_component_failures_total",
+                "Components that stopped unasked, by component (driver: the call-model task; worker: a media worker thread).",
+                &["component"],
+            ),
             forwarding_latency_seconds: histogram(
                 "sfu_forwarding_latency_seconds",
                 "Time from receiving an RTP datagram to having sent its forwarded copies.",
@@ -290,6 +301,9 @@ impl Metrics {
         }
         for reason in ["unrouted", "over_rate", "send_failed"] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for component in ["driver", "worker"] {
+            self.component_failures.with_label_values(&[component]);
         }
         for queue in ["worker_commands", "media_events", "cdr"] {
             self.queue_dropped.with_label_values(&[queue]);

@@ -200,6 +200,15 @@ impl Server {
         status.success()
     }
 
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let status = timeout(WAIT, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait");
+        status.code()
+    }
+
     /// True while the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

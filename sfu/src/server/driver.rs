@@ -61,9 +61,15 @@ pub(crate) async fn run(
     let mut shutdown = shared.shutdown.clone();
     let load = vec![0; handles.len()];
     let mut workers = Workers { handles, load };
+    let fail_at = shared
+        .cfg
+        .fail_driver_after
+        .map(|d| std::time::Instant::now() + d);
     loop {
         let wake = model.poll_timeout();
         tokio::select! {
+            // Test hook (--dev only): stop as a crashed driver would.
+            _ = sleep_until(fail_at) => break,
             input = media_rx.recv() => {
                 let Some(input) = input else { break };
                 apply(&mut model, &shared, input);

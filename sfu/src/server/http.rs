@@ -71,11 +71,18 @@ pub(crate) fn metrics_app(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn ws(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn ws(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(reason) = shared.health.fault() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("failing: {reason}"),
+        );
+    }
     let max = shared.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(socket, shared))
+        .into_response()
 }
 
 /// Most records one `GET /api/calls` returns.
@@ -173,11 +180,20 @@ async fn dev_token(
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}",
-    )
+/// 200 `{"status":"ok"}` while every component runs; 503 with the reason once one failed.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.health.fault() {
+        None => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ok\"}",
+        )
+            .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failing", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -3,6 +3,7 @@
 //! events in and out of the sans-IO [`crate::signaling::CallModel`].
 
 mod driver;
+mod health;
 mod http;
 mod push;
 mod session;
@@ -35,6 +36,7 @@ pub(crate) struct Shared {
     pub directory: Arc<dyn CallDirectory>,
     pub driver: mpsc::Sender<Input>,
     pub shutdown: watch::Receiver<bool>,
+    pub health: Arc<health::Health>,
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
     pub cdr: Option<std::sync::mpsc::SyncSender<String>>,
@@ -61,7 +63,7 @@ pub struct RunningServer {
     pub metrics: Arc<Metrics>,
     /// The UDP address each media Worker advertises.
     pub media_addrs: Vec<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    health: Arc<health::Health>,
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -69,7 +71,16 @@ pub struct RunningServer {
 impl RunningServer {
     /// Asks every task to stop: sessions are closed with 1001 (going away).
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.health.shutdown();
+    }
+
+    /// Resolves with the reason once a component (the call-model driver, a media worker) has
+    /// stopped unasked: sessions are closed with 1011 and `/healthz` answers 503 for
+    /// [`health::FAILURE_LINGER`]; then shut down and exit non-zero.
+    pub async fn failed(&self) -> String {
+        let reason = self.health.wait_failed().await;
+        tokio::time::sleep(health::FAILURE_LINGER).await;
+        reason
     }
 
     /// Waits until every task has stopped.
@@ -111,6 +122,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let health = Arc::new(health::Health::new(shutdown_tx, metrics.clone()));
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
     let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
     let mut workers = Vec::new();
@@ -135,6 +147,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             media_tx.clone(),
             metrics.clone(),
             shutdown_rx.clone(),
+            health.clone(),
         )?;
         workers.push(handle);
         threads.push(thread);
@@ -164,20 +177,30 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         directory: Arc::new(LocalDirectory::default()),
         driver: driver_tx,
         shutdown: shutdown_rx.clone(),
+        health: health.clone(),
         records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
         cdr,
         next_conn: AtomicU64::new(0),
     });
 
+    let driver = driver::run(
+        model_cfg,
+        driver_rx,
+        media_rx,
+        shared.clone(),
+        push,
+        workers,
+    );
+    let supervised = health.clone();
     let tasks = vec![
-        tokio::spawn(driver::run(
-            model_cfg,
-            driver_rx,
-            media_rx,
-            shared.clone(),
-            push,
-            workers,
-        )),
+        tokio::spawn(async move {
+            use futures_util::FutureExt;
+            let reason = match std::panic::AssertUnwindSafe(driver).catch_unwind().await {
+                Ok(()) => "the call-model driver stopped".to_string(),
+                Err(_) => "the call-model driver panicked".to_string(),
+            };
+            supervised.failed("driver", reason);
+        }),
         tokio::spawn(http::serve_app(
             http,
             http::app(shared.clone()),
@@ -203,7 +226,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         metrics,
         media_addrs,
         threads,
-        shutdown: shutdown_tx,
+        health,
         tasks,
     })
 }

@@ -155,6 +155,11 @@ async fn serve(
                 close(&mut sink, 1001, "server shutting down").await;
                 break Cause::Shutdown;
             }
+            // A component failed: the client should reconnect (the server restarts).
+            _ = shared.health.wait_failed() => {
+                close(&mut sink, 1011, "server error: restarting").await;
+                break Cause::Shutdown;
+            }
         }
     };
     (cause, stream)

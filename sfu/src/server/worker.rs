@@ -34,6 +34,7 @@ pub(crate) fn spawn(
     to_driver: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    health: Arc<super::health::Health>,
 ) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
     let socket = StdUdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
@@ -44,40 +45,39 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("sfu-worker-{index}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "worker runtime failed to start");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let socket = match UdpSocket::from_std(socket) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "worker socket failed");
-                        return;
+            let run = std::panic::AssertUnwindSafe(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("runtime failed to start: {e}"))?;
+                rt.block_on(async move {
+                    let socket =
+                        UdpSocket::from_std(socket).map_err(|e| format!("socket failed: {e}"))?;
+                    let core = MediaCore::new(MediaConfig {
+                        advertised,
+                        ..media
+                    });
+                    Worker {
+                        core,
+                        socket,
+                        to_driver,
+                        metrics,
+                        flushed: MediaCounters::default(),
+                        peers_reported: 0,
+                        latency: None,
                     }
-                };
-                let core = MediaCore::new(MediaConfig {
-                    advertised,
-                    ..media
-                });
-                Worker {
-                    core,
-                    socket,
-                    to_driver,
-                    metrics,
-                    flushed: MediaCounters::default(),
-                    peers_reported: 0,
-                    latency: None,
-                }
-                .run(rx, shutdown)
-                .await;
+                    .run(rx, shutdown)
+                    .await;
+                    Ok::<(), String>(())
+                })
             });
+            // Whatever ends this thread outside a shutdown fails the server (supervision).
+            let reason = match std::panic::catch_unwind(run) {
+                Ok(Ok(())) => format!("media worker {index} stopped"),
+                Ok(Err(e)) => format!("media worker {index}: {e}"),
+                Err(_) => format!("media worker {index} panicked"),
+            };
+            health.failed("worker", reason);
         })?;
     tracing::info!(worker = index, media = %advertised, "media worker listening");
     Ok((WorkerHandle { tx, advertised }, thread))
