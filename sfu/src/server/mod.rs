@@ -144,10 +144,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 limits: cfg.media_limits,
                 ..crate::media::MediaConfig::new(bind)
             },
-            media_tx.clone(),
-            metrics.clone(),
-            shutdown_rx.clone(),
-            health.clone(),
+            worker::Links {
+                to_driver: media_tx.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown_rx.clone(),
+                health: health.clone(),
+            },
         )?;
         workers.push(handle);
         threads.push(thread);

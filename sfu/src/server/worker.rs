@@ -25,17 +25,28 @@ pub(crate) struct WorkerHandle {
     pub advertised: SocketAddr,
 }
 
+/// What a Worker thread is connected to.
+pub(crate) struct Links {
+    pub to_driver: mpsc::Sender<Input>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+    pub health: Arc<super::health::Health>,
+}
+
 /// Binds the socket of Worker `index` and starts its thread.
 pub(crate) fn spawn(
     index: usize,
     bind: SocketAddr,
     media_ip: std::net::IpAddr,
     media: MediaConfig,
-    to_driver: mpsc::Sender<Input>,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-    health: Arc<super::health::Health>,
+    links: Links,
 ) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let Links {
+        to_driver,
+        metrics,
+        shutdown,
+        health,
+    } = links;
     let socket = StdUdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
     socket.set_nonblocking(true)?;
