@@ -93,3 +93,80 @@ async fn a_flood_of_100_000_crafted_stun_datagrams_adds_few_log_lines() {
         "the flood reached the workers: {unrouted}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_sockets_that_never_log_in_are_closed_at_the_deadline() {
+    let s = Server::start(&["--login-timeout", "3s", "--max-sockets-per-ip", "10000"]).await;
+    let mut bystander = s.login("bystander").await;
+    let url = s.ws_url();
+    let mut sockets = Vec::new();
+    for batch in 0..25 {
+        let conns = (0..200).map(|_| tokio_tungstenite::connect_async(url.clone()));
+        for r in futures_util::future::join_all(conns).await {
+            let (ws, _) = r.unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+            sockets.push(ws);
+        }
+    }
+    // (The first ones may already have met their deadline while the rest connected.)
+    assert!(s.metric("sfu_sessions_active").await > 1000.0);
+    // The bystander is served all along.
+    let t = Instant::now();
+    assert_eq!(
+        bystander.request("ping", json!({})).await.unwrap(),
+        json!({})
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Every silent socket is closed at its login deadline, with 1008.
+    let closes = sockets.into_iter().map(|mut ws| async move {
+        use futures_util::StreamExt;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    });
+    let codes = futures_util::future::join_all(closes).await;
+    assert!(codes.iter().all(|c| *c == Some(1008)), "{:?}", &codes[..5]);
+    s.wait_metric("sfu_sessions_active", 1.0).await;
+    assert_eq!(
+        s.metric("sfu_sessions_closed_total{cause=\"login_timeout\"}")
+            .await,
+        5000.0
+    );
+    assert_eq!(
+        bystander.request("ping", json!({})).await.unwrap(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn sockets_per_address_are_capped() {
+    let s = Server::start(&["--max-sockets-per-ip", "3"]).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(s.client().await);
+    }
+    let refused = tokio_tungstenite::connect_async(s.ws_url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        s.metric("sfu_sockets_refused_total{reason=\"per_ip\"}")
+            .await,
+        1.0
+    );
+    // A place given back is taken again.
+    open.pop().unwrap().close().await;
+    s.wait_metric("sfu_sessions_active", 2.0).await;
+    let mut again = s.client().await;
+    let login = json!({"token": s.token("carol")});
+    assert_eq!(
+        again.request("login", login).await.unwrap()["user"],
+        "carol"
+    );
+}

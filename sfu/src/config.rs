@@ -141,6 +141,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MAX_CALLS_PER_USER", value_name = "N")]
     pub max_calls_per_user: Option<usize>,
 
+    /// A socket must log in within this long, whatever else it sends, or it is closed (1008). [default: 10s]
+    #[arg(long, env = "SFU_LOGIN_TIMEOUT", value_name = "DURATION")]
+    pub login_timeout: Option<Dur>,
+
+    /// Open WebSockets from one IP address; more are refused (429). [default: 500]
+    #[arg(long, env = "SFU_MAX_SOCKETS_PER_IP", value_name = "N")]
+    pub max_sockets_per_ip: Option<usize>,
+
+    /// Open WebSockets in all; more are refused (503). [default: 20000]
+    #[arg(long, env = "SFU_MAX_SOCKETS", value_name = "N")]
+    pub max_sockets: Option<usize>,
+
     /// Published tracks per kind (audio, video) per member forwarded to the others. [default: 3]
     #[arg(long, env = "SFU_MAX_TRACKS_PER_KIND", value_name = "N")]
     pub max_tracks_per_kind: Option<usize>,
@@ -245,6 +257,9 @@ pub struct ServeConfig {
     pub max_call_members: usize,
     pub max_calls_per_user: usize,
     pub ws_idle_timeout: Duration,
+    pub login_timeout: Duration,
+    pub max_sockets_per_ip: usize,
+    pub max_sockets: usize,
     pub media_limits: crate::media::MediaLimits,
     pub fail_driver_after: Option<Duration>,
     pub log_format: LogFormat,
@@ -303,6 +318,9 @@ impl ServeArgs {
             max_call_members: self.max_call_members.or(file.max_call_members),
             max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
             ws_idle_timeout: self.ws_idle_timeout.or(file.ws_idle_timeout),
+            login_timeout: self.login_timeout.or(file.login_timeout),
+            max_sockets_per_ip: self.max_sockets_per_ip.or(file.max_sockets_per_ip),
+            max_sockets: self.max_sockets.or(file.max_sockets),
             max_tracks_per_kind: self.max_tracks_per_kind.or(file.max_tracks_per_kind),
             max_offer_mlines: self.max_offer_mlines.or(file.max_offer_mlines),
             max_peer_addresses: self.max_peer_addresses.or(file.max_peer_addresses),
@@ -423,7 +441,19 @@ impl ServeArgs {
         if self.fail_driver_after.is_some() && !self.dev {
             bail!("--fail-driver-after is a test hook: only with --dev");
         }
+        let login_timeout = self.login_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&login_timeout) {
+            bail!("--login-timeout must be between 100ms and 10m");
+        }
+        let max_sockets = self.max_sockets.unwrap_or(20_000);
+        let max_sockets_per_ip = self.max_sockets_per_ip.unwrap_or(500);
+        if max_sockets == 0 || max_sockets_per_ip == 0 {
+            bail!("--max-sockets and --max-sockets-per-ip must be at least 1");
+        }
         Ok(ServeConfig {
+            login_timeout,
+            max_sockets,
+            max_sockets_per_ip,
             media_limits,
             fail_driver_after: self.fail_driver_after.map(|d| d.0),
             dev: self.dev,

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub limits_hit: IntCounterVec,
     pub queue_dropped: IntCounterVec,
     pub healthy: IntGauge,
+    pub sockets_refused: IntCounterVec,
     pub component_failures: IntCounterVec,
     pub forwarding_latency_seconds: Histogram,
     pub quality_mos: HistogramVec,
@@ -186,6 +187,11 @@ impl Metrics {
                 "Items a full internal queue refused, by queue (worker_commands: driver to a media worker; media_events: workers to the driver; cdr: records to the CDR file).",
                 &["queue"],
             ),
+            sockets_refused: counter(
+                "sfu_sockets_refused_total",
+                "WebSocket upgrades refused, by reason (per_ip: --max-sockets-per-ip; total: --max-sockets; failing: the server is failing).",
+                &["reason"],
+            ),
             healthy: gauge(
                 "sfu_healthy",
                 "1 while every component runs; 0 once the call-model driver or a media worker stopped unasked (the process is exiting).",
@@ -274,6 +280,7 @@ impl Metrics {
         for cause in [
             "client",
             "idle",
+            "login_timeout",
             "abuse",
             "too_large",
             "bad_utf8",
@@ -301,6 +308,9 @@ impl Metrics {
         }
         for reason in ["unrouted", "over_rate", "send_failed"] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for reason in ["per_ip", "total", "failing"] {
+            self.sockets_refused.with_label_values(&[reason]);
         }
         for component in ["driver", "worker"] {
             self.component_failures.with_label_values(&[component]);

@@ -6,11 +6,12 @@ use axum::Router;
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::admission::Refusal;
 use crate::auth::unix_now;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -71,17 +72,49 @@ pub(crate) fn metrics_app(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn ws(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> Response {
-    if let Some(reason) = shared.health.fault() {
+async fn ws(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    State(shared): State<Arc<Shared>>,
+) -> Response {
+    let refused = |reason: &str| {
+        shared
+            .metrics
+            .sockets_refused
+            .with_label_values(&[reason])
+            .inc();
+    };
+    if let Some(fault) = shared.health.fault() {
+        refused("failing");
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("failing: {reason}"),
+            &format!("failing: {fault}"),
         );
     }
+    let seat = match shared.admission.admit(peer.ip()) {
+        Ok(seat) => seat,
+        Err(Refusal::PerIp) => {
+            refused("per_ip");
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sockets from this address (--max-sockets-per-ip)",
+            );
+        }
+        Err(Refusal::Total) => {
+            refused("total");
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its socket limit (--max-sockets)",
+            );
+        }
+    };
     let max = shared.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, shared))
+        .on_upgrade(move |socket| async move {
+            session::run(socket, shared).await;
+            drop(seat);
+        })
         .into_response()
 }
 
@@ -211,6 +244,7 @@ pub(crate) async fn serve_app(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move { super::stopped(&mut shutdown).await };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

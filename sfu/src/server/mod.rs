@@ -2,6 +2,7 @@
 //! task per WebSocket session and the push-webhook sender. It only moves frames, time and
 //! events in and out of the sans-IO [`crate::signaling::CallModel`].
 
+mod admission;
 mod driver;
 mod health;
 mod http;
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
     pub driver: mpsc::Sender<Input>,
     pub shutdown: watch::Receiver<bool>,
     pub health: Arc<health::Health>,
+    pub admission: Arc<admission::Admission>,
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
     pub cdr: Option<std::sync::mpsc::SyncSender<String>>,
@@ -171,6 +173,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         Some(path) => Some(cdr_writer(path)?),
         None => None,
     };
+    let admission = Arc::new(admission::Admission::new(
+        cfg.max_sockets_per_ip,
+        cfg.max_sockets,
+    ));
     let shared = Arc::new(Shared {
         auth: Auth::new(cfg.jwt_secret.as_bytes()),
         cfg,
@@ -180,6 +186,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         driver: driver_tx,
         shutdown: shutdown_rx.clone(),
         health: health.clone(),
+        admission,
         records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
         cdr,
         next_conn: AtomicU64::new(0),

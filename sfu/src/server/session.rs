@@ -33,6 +33,7 @@ type Sink = SplitSink<WebSocket, Message>;
 enum Cause {
     Client,
     Idle,
+    LoginTimeout,
     Abuse,
     TooLarge,
     BadUtf8,
@@ -47,6 +48,7 @@ impl Cause {
         match self {
             Cause::Client => "client",
             Cause::Idle => "idle",
+            Cause::LoginTimeout => "login_timeout",
             Cause::Abuse => "abuse",
             Cause::TooLarge => "too_large",
             Cause::BadUtf8 => "bad_utf8",
@@ -103,9 +105,16 @@ async fn serve(
     let mut last_heard = Instant::now();
     let mut limits = SocketLimits::new(shared.cfg.max_requests_per_sec, Instant::now().into_std());
     let mut shutdown = shared.shutdown.clone();
+    // Until a valid token is presented, nothing a socket sends keeps it open.
+    let login_deadline = Instant::now() + shared.cfg.login_timeout;
+    let mut authed = false;
 
     let cause = loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(login_deadline), if !authed => {
+                close(&mut sink, 1008, "no login in time").await;
+                break Cause::LoginTimeout;
+            }
             frame = stream.next() => {
                 last_heard = Instant::now();
                 let text = match frame {
@@ -122,7 +131,7 @@ async fn serve(
                     Some(Ok(_)) => continue, // ping (answered by the library) or pong
                     Some(Err(e)) => break read_error(&mut sink, e).await,
                 };
-                if let Some(cause) = on_text(&mut sink, conn, shared, &mut limits, &text).await {
+                if let Some(cause) = on_text(&mut sink, conn, shared, &mut limits, &text, &mut authed).await {
                     break cause;
                 }
             }
@@ -185,6 +194,7 @@ async fn on_text(
     shared: &Shared,
     limits: &mut SocketLimits,
     text: &str,
+    authed: &mut bool,
 ) -> Option<Cause> {
     let (id, method, params) = match parse_frame(text) {
         // Not answered, but counted: a flood of notifications is still a flood.
@@ -229,7 +239,10 @@ async fn on_text(
     }
     let input = if method == Method::Login {
         match verify_login(shared, params) {
-            Ok(user) => Input::Login { conn, id, user },
+            Ok(user) => {
+                *authed = true;
+                Input::Login { conn, id, user }
+            }
             Err(e) => {
                 respond(sink, shared, id, Some(method), Err(e)).await;
                 return None;
