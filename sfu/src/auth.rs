@@ -21,6 +21,9 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not valid before this time (Unix seconds), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Grants the admin HTTP API; never needed for calls.
@@ -40,6 +43,8 @@ pub enum AuthError {
     BadSignature,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
     #[error("token lacks a required claim (sub, exp)")]
     MissingClaim,
     #[error("token subject must match [A-Za-z0-9_-]{{1,64}}")]
@@ -63,6 +68,9 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Tolerance for a token minted on a clock slightly ahead of ours.
+const NBF_LEEWAY_SECS: u64 = 5;
 
 /// Signs and verifies tokens with one shared secret.
 pub struct Auth {
@@ -103,6 +111,7 @@ impl Auth {
             sub: user.to_string(),
             exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
+            nbf: None,
             name: name.map(str::to_string),
             admin,
         };
@@ -110,8 +119,8 @@ impl Auth {
             .map_err(|_| AuthError::Malformed)
     }
 
-    /// Verifies `token` at `now` (Unix seconds): HS256 only, signature, `exp` > now, `sub`
-    /// syntax, name length.
+    /// Verifies `token` at `now` (Unix seconds): HS256 only, signature, `exp` > now, `nbf` ≤ now
+    /// (5 s leeway), `sub` syntax, name length.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
@@ -128,6 +137,10 @@ impl Auth {
         let claims = data.claims;
         if claims.exp <= now {
             return Err(AuthError::Expired);
+        }
+        // Clocks of the app's backend and ours may differ by a little.
+        if claims.nbf.is_some_and(|nbf| nbf > now + NBF_LEEWAY_SECS) {
+            return Err(AuthError::NotYetValid);
         }
         if !valid_user_id(&claims.sub) {
             return Err(AuthError::BadSubject);
@@ -196,6 +209,7 @@ mod tests {
             sub: "alice".into(),
             exp: NOW + 60,
             iat: None,
+            nbf: None,
             name: None,
             admin: false,
         };
@@ -281,5 +295,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn not_before_is_honoured() {
+        let secret = b"a-test-secret-of-some-length";
+        let token = |nbf: u64| {
+            let claims = Claims {
+                sub: "alice".into(),
+                exp: NOW + 3600,
+                iat: Some(NOW),
+                nbf: Some(nbf),
+                name: None,
+                admin: false,
+            };
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let a = Auth::new(secret);
+        assert_eq!(a.verify(&token(NOW + 60), NOW), Err(AuthError::NotYetValid));
+        assert!(a.verify(&token(NOW + 5), NOW).is_ok(), "within the leeway");
+        assert!(a.verify(&token(NOW - 60), NOW).is_ok());
+        assert!(a.verify(&token(NOW + 60), NOW + 60).is_ok());
     }
 }

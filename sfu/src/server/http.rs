@@ -131,13 +131,20 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     r
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// The call records API needs a token with `admin: true` as `Authorization: Bearer`; returns
 /// the refusal, if any.
 fn refuse_non_admin(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
     else {
         return Some(api_error(
             StatusCode::UNAUTHORIZED,
@@ -250,5 +257,19 @@ pub(crate) async fn serve_app(
         .await
     {
         tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
     }
 }
