@@ -141,6 +141,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MAX_CALLS_PER_USER", value_name = "N")]
     pub max_calls_per_user: Option<usize>,
 
+    /// Users one caller may invite per minute (`call` and `invite`); more get 4029. [default: 30]
+    #[arg(long, env = "SFU_MAX_INVITES_PER_MINUTE", value_name = "N")]
+    pub max_invites_per_minute: Option<u32>,
+
+    /// Push webhooks per offline callee per minute; later invites ring without one. [default: 6]
+    #[arg(long, env = "SFU_MAX_PUSHES_PER_MINUTE", value_name = "N")]
+    pub max_pushes_per_minute: Option<u32>,
+
     /// A socket must log in within this long, whatever else it sends, or it is closed (1008). [default: 10s]
     #[arg(long, env = "SFU_LOGIN_TIMEOUT", value_name = "DURATION")]
     pub login_timeout: Option<Dur>,
@@ -257,6 +265,8 @@ pub struct ServeConfig {
     pub max_call_members: usize,
     pub max_calls_per_user: usize,
     pub ws_idle_timeout: Duration,
+    pub max_invites_per_minute: u32,
+    pub max_pushes_per_minute: u32,
     pub login_timeout: Duration,
     pub max_sockets_per_ip: usize,
     pub max_sockets: usize,
@@ -318,6 +328,8 @@ impl ServeArgs {
             max_call_members: self.max_call_members.or(file.max_call_members),
             max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
             ws_idle_timeout: self.ws_idle_timeout.or(file.ws_idle_timeout),
+            max_invites_per_minute: self.max_invites_per_minute.or(file.max_invites_per_minute),
+            max_pushes_per_minute: self.max_pushes_per_minute.or(file.max_pushes_per_minute),
             login_timeout: self.login_timeout.or(file.login_timeout),
             max_sockets_per_ip: self.max_sockets_per_ip.or(file.max_sockets_per_ip),
             max_sockets: self.max_sockets.or(file.max_sockets),
@@ -450,7 +462,14 @@ impl ServeArgs {
         if max_sockets == 0 || max_sockets_per_ip == 0 {
             bail!("--max-sockets and --max-sockets-per-ip must be at least 1");
         }
+        let max_invites_per_minute = self.max_invites_per_minute.unwrap_or(30);
+        let max_pushes_per_minute = self.max_pushes_per_minute.unwrap_or(6);
+        if max_invites_per_minute == 0 {
+            bail!("--max-invites-per-minute must be at least 1");
+        }
         Ok(ServeConfig {
+            max_invites_per_minute,
+            max_pushes_per_minute,
             login_timeout,
             max_sockets,
             max_sockets_per_ip,

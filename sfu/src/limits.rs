@@ -29,6 +29,12 @@ impl TokenBucket {
         self.take_n(now, 1.0)
     }
 
+    /// Whether the bucket would be full at `now` (nothing taken recently).
+    pub fn full(&self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * self.rate >= self.burst
+    }
+
     /// Takes `n` tokens if there are that many.
     pub fn take_n(&mut self, now: Instant, n: f64) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();

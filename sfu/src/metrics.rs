@@ -291,7 +291,7 @@ impl Metrics {
         ] {
             self.sessions_closed.with_label_values(&[cause]);
         }
-        for result in ["ok", "error", "dropped"] {
+        for result in ["ok", "error", "dropped", "limited"] {
             self.push_webhooks.with_label_values(&[result]);
         }
         for stage in ["ice", "dtls", "rtc"] {

@@ -1393,3 +1393,63 @@ fn media_requests_go_to_the_worker_and_back() {
         ]
     );
 }
+
+// ---- invite and push budgets ----
+
+#[test]
+fn a_caller_may_invite_so_many_users_per_minute() {
+    let mut h = H::with(ModelConfig {
+        max_invites_per_minute: 4,
+        ..ModelConfig::default()
+    });
+    h.login("alice");
+    // Call/hangup loops at ringing users: 4 invites, then 4029.
+    for _ in 0..4 {
+        let id = h.call("alice", &["bob"], json!({}));
+        h.ok("alice", Method::Hangup, &id);
+    }
+    assert_eq!(
+        h.err(
+            "alice",
+            Method::Call,
+            json!({"to": ["bob"], "media": "audio"})
+        ),
+        4029
+    );
+    // A group call counts each invitee; `invite` draws on the same budget.
+    h.advance(Duration::from_secs(30)); // refilled by 2
+    let id = h.call("alice", &["bob", "carol"], json!({"group": true}));
+    assert_eq!(
+        h.err(
+            "alice",
+            Method::Invite,
+            json!({"call_id": id, "to": ["dave"]})
+        ),
+        4029
+    );
+    h.advance(Duration::from_secs(15)); // one more
+    h.req(
+        "alice",
+        Method::Invite,
+        json!({"call_id": id, "to": ["dave"]}),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_offline_callee_gets_so_many_pushes_per_minute() {
+    let mut h = H::with(ModelConfig {
+        max_pushes_per_minute: 2,
+        ..ModelConfig::default()
+    });
+    h.login("alice");
+    for _ in 0..5 {
+        let id = h.call("alice", &["bob"], json!({}));
+        h.ok("alice", Method::Hangup, &id);
+    }
+    assert_eq!(h.pushes.len(), 2, "bob's phone is not spammed");
+    assert_eq!(h.model.pushes_limited(), 3);
+    h.advance(Duration::from_secs(30));
+    h.call("alice", &["bob"], json!({}));
+    assert_eq!(h.pushes.len(), 3, "the budget refills over the minute");
+}

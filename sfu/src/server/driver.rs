@@ -61,6 +61,7 @@ pub(crate) async fn run(
     let mut shutdown = shared.shutdown.clone();
     let load = vec![0; handles.len()];
     let mut workers = Workers { handles, load };
+    let mut pushes_limited = 0;
     let fail_at = shared
         .cfg
         .fail_driver_after
@@ -91,6 +92,15 @@ pub(crate) async fn run(
         }
         while let Some(out) = model.poll_output() {
             carry_out(&shared, &push, &mut workers, &mut model, out);
+        }
+        let limited = model.pushes_limited();
+        if limited > pushes_limited {
+            shared
+                .metrics
+                .push_webhooks
+                .with_label_values(&["limited"])
+                .inc_by(limited - pushes_limited);
+            pushes_limited = limited;
         }
     }
 }

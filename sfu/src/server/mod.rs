@@ -167,6 +167,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         max_calls_per_user: cfg.max_calls_per_user,
         instance: instance_id(),
         ice_servers: Vec::new(),
+        max_invites_per_minute: cfg.max_invites_per_minute,
+        max_pushes_per_minute: cfg.max_pushes_per_minute,
     };
     let cfg_records = cfg.call_records;
     let cdr = match &cfg.cdr_file {

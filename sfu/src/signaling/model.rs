@@ -34,6 +34,10 @@ pub struct ModelConfig {
     pub instance: String,
     /// Sent in the `login` result.
     pub ice_servers: Vec<Value>,
+    /// Users a caller may invite per minute (`call` and `invite` together).
+    pub max_invites_per_minute: u32,
+    /// Push webhooks per offline callee per minute; more invites ring without a push.
+    pub max_pushes_per_minute: u32,
 }
 
 impl Default for ModelConfig {
@@ -45,6 +49,8 @@ impl Default for ModelConfig {
             max_calls_per_user: 1,
             instance: "sfu".into(),
             ice_servers: Vec::new(),
+            max_invites_per_minute: 30,
+            max_pushes_per_minute: 6,
         }
     }
 }
@@ -144,10 +150,16 @@ pub struct CallModel {
     /// `offer`/`answer` requests the Worker has not answered yet, by ticket.
     tickets: HashMap<Ticket, (ConnId, RequestId, Method)>,
     next_ticket: Ticket,
+    /// Invites each caller may still send, and pushes each callee may still get.
+    invite_budget: rules::Budgets,
+    push_budget: rules::Budgets,
+    pushes_limited: u64,
 }
 
 impl CallModel {
     pub fn new(cfg: ModelConfig) -> Self {
+        let invite_budget = rules::Budgets::per_minute(cfg.max_invites_per_minute);
+        let push_budget = rules::Budgets::per_minute(cfg.max_pushes_per_minute);
         Self {
             cfg,
             conns: HashMap::new(),
@@ -158,6 +170,9 @@ impl CallModel {
             out: VecDeque::new(),
             tickets: HashMap::new(),
             next_ticket: 0,
+            invite_budget,
+            push_budget,
+            pushes_limited: 0,
         }
     }
 
@@ -173,6 +188,11 @@ impl CallModel {
     /// When to call [`CallModel::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
+    }
+
+    /// Push webhooks not sent so far because their callee's budget was spent.
+    pub fn pushes_limited(&self) -> u64 {
+        self.pushes_limited
     }
 
     pub fn calls_active(&self) -> usize {

@@ -1,17 +1,49 @@
 //! The call rules of PROTOCOL.md: login and replay, placing and inviting, accept, reject,
 //! hang-up, invite timeouts, reconnect grace, and the end of a call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use super::{CallEvent, CallModel, ConnId, Leave, Output, PushNotice};
+use crate::limits::TokenBucket;
 use crate::media::Command;
 use crate::protocol::{EndReason, Notification, Outbound, RpcError};
 use crate::signaling::call::{Call, Member, MemberState};
 use crate::signaling::params;
 use crate::signaling::timers::Timer;
+
+/// Per-user budgets refilled per minute (invites a caller sends, pushes a callee gets), so
+/// call/hangup loops cannot ring people or fire webhooks without end.
+pub(crate) struct Budgets {
+    per_minute: u32,
+    users: HashMap<String, TokenBucket>,
+}
+
+/// Above this many tracked users, those whose budget refilled completely are forgotten.
+const PRUNE_AT: usize = 10_000;
+
+impl Budgets {
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            users: HashMap::new(),
+        }
+    }
+
+    /// Takes `n` from `user`'s budget; false (and nothing taken) if it has fewer left.
+    pub fn take(&mut self, user: &str, n: usize, now: Instant) -> bool {
+        if self.users.len() >= PRUNE_AT {
+            self.users.retain(|_, b| !b.full(now));
+        }
+        let per_minute = f64::from(self.per_minute);
+        self.users
+            .entry(user.to_string())
+            .or_insert_with(|| TokenBucket::new(per_minute / 60.0, per_minute, now))
+            .take_n(now, n as f64)
+    }
+}
 
 impl CallModel {
     pub(super) fn do_login(&mut self, conn: ConnId, user: &str) -> Result<Value, RpcError> {
@@ -94,6 +126,20 @@ impl CallModel {
         self.users.remove(me);
     }
 
+    /// Whether `me` may invite `n` more users now (`4029` when their per-minute budget is spent).
+    fn invite_allowance(&mut self, me: &str, n: usize, now: Instant) -> Result<(), RpcError> {
+        if n == 0 || self.invite_budget.take(me, n, now) {
+            return Ok(());
+        }
+        Err(RpcError::new(
+            crate::protocol::codes::RATE_LIMITED,
+            format!(
+                "too many invites: at most {} users per minute",
+                self.cfg.max_invites_per_minute
+            ),
+        ))
+    }
+
     pub(super) fn place_call(
         &mut self,
         now: Instant,
@@ -107,6 +153,7 @@ impl CallModel {
                 self.cfg.max_calls_per_user
             )));
         }
+        self.invite_allowance(me, p.to.len(), now)?;
         self.next_call += 1;
         let call_id = format!("{}-c{}", self.cfg.instance, self.next_call);
         let caller = Member {
@@ -219,7 +266,12 @@ impl CallModel {
         if online {
             self.notify(user, n);
         } else {
-            self.out.push_back(Output::Push(push));
+            if self.push_budget.take(user, 1, now) {
+                self.out.push_back(Output::Push(push));
+            } else {
+                // The invite still rings on their next login; only the webhook is spared.
+                self.pushes_limited += 1;
+            }
         }
     }
 
@@ -249,6 +301,7 @@ impl CallModel {
                 self.cfg.max_call_members
             )));
         }
+        self.invite_allowance(me, to.len(), now)?;
         for user in &to {
             self.add_invitee(now, call_id, me, user, &to);
         }
