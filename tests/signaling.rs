@@ -670,3 +670,24 @@ async fn demo_page_and_dev_tokens() {
         .unwrap();
     assert_eq!(page.status(), 200, "the demo page is served in every mode");
 }
+
+#[tokio::test]
+async fn dev_mode_refuses_sockets_from_foreign_web_pages() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start(&[]).await;
+    let with_origin = |origin: &str| {
+        let mut req = s.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let page = format!("http://{}", s.http);
+    assert!(
+        tokio_tungstenite::connect_async(with_origin(&page))
+            .await
+            .is_ok()
+    );
+}

@@ -72,11 +72,44 @@ pub(crate) fn metrics_app(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// In `--dev` the secret is public, so a web page the developer happens to visit must not be
+/// able to open a socket to their server: a browser's `Origin` must be a loopback page.
+/// Non-browser clients send no `Origin`.
+fn dev_origin_allowed(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn ws(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
+    if shared.cfg.dev && !dev_origin_allowed(&headers) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "--dev accepts sockets from loopback pages only (Origin)",
+        );
+    }
     let refused = |reason: &str| {
         shared
             .metrics
@@ -263,6 +296,26 @@ pub(crate) async fn serve_app(
 #[cfg(test)]
 mod tests {
     use super::bearer;
+
+    #[test]
+    fn dev_mode_takes_loopback_origins_only() {
+        use super::{HeaderMap, dev_origin_allowed, header};
+        let with = |o: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ORIGIN, o.parse().unwrap());
+            dev_origin_allowed(&h)
+        };
+        assert!(
+            dev_origin_allowed(&HeaderMap::new()),
+            "no Origin: not a browser"
+        );
+        assert!(with("http://127.0.0.1:7600"));
+        assert!(with("http://localhost:7600"));
+        assert!(with("http://[::1]:7600"));
+        assert!(!with("https://evil.example"));
+        assert!(!with("http://127.0.0.1.evil.example"));
+        assert!(!with("null"));
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
