@@ -170,3 +170,47 @@ async fn sockets_per_address_are_capped() {
         "carol"
     );
 }
+
+#[tokio::test]
+async fn slowloris_connections_are_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(&["--http-header-timeout", "1s"]).await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut c = tokio::net::TcpStream::connect(s.http).await.unwrap();
+        // A request head that never ends.
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    // Others are served meanwhile.
+    let ok = reqwest::get(format!("http://{}/healthz", s.http))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let mut bystander = s.login("bystander").await;
+    // Every slow connection is closed by the server soon after the deadline.
+    let t = Instant::now();
+    for c in &mut slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("closed within 5 s")
+            .unwrap_or(0);
+        // hyper may answer 408 before closing; either way the connection ends.
+        if n > 0 {
+            let rest = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("closed after the answer")
+                .unwrap_or(0);
+            assert_eq!(rest, 0);
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A logged-in WebSocket is not an HTTP request in progress: it stays.
+    assert_eq!(
+        bystander.request("ping", json!({})).await.unwrap(),
+        json!({})
+    );
+}

@@ -149,6 +149,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MAX_PUSHES_PER_MINUTE", value_name = "N")]
     pub max_pushes_per_minute: Option<u32>,
 
+    /// An HTTP connection must send a complete request head within this long (slowloris, idle
+    /// keep-alive), or it is closed. [default: 10s]
+    #[arg(long, env = "SFU_HTTP_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub http_header_timeout: Option<Dur>,
+
     /// A socket must log in within this long, whatever else it sends, or it is closed (1008). [default: 10s]
     #[arg(long, env = "SFU_LOGIN_TIMEOUT", value_name = "DURATION")]
     pub login_timeout: Option<Dur>,
@@ -268,6 +273,7 @@ pub struct ServeConfig {
     pub max_invites_per_minute: u32,
     pub max_pushes_per_minute: u32,
     pub login_timeout: Duration,
+    pub http_header_timeout: Duration,
     pub max_sockets_per_ip: usize,
     pub max_sockets: usize,
     pub media_limits: crate::media::MediaLimits,
@@ -331,6 +337,7 @@ impl ServeArgs {
             max_invites_per_minute: self.max_invites_per_minute.or(file.max_invites_per_minute),
             max_pushes_per_minute: self.max_pushes_per_minute.or(file.max_pushes_per_minute),
             login_timeout: self.login_timeout.or(file.login_timeout),
+            http_header_timeout: self.http_header_timeout.or(file.http_header_timeout),
             max_sockets_per_ip: self.max_sockets_per_ip.or(file.max_sockets_per_ip),
             max_sockets: self.max_sockets.or(file.max_sockets),
             max_tracks_per_kind: self.max_tracks_per_kind.or(file.max_tracks_per_kind),
@@ -467,7 +474,14 @@ impl ServeArgs {
         if max_invites_per_minute == 0 {
             bail!("--max-invites-per-minute must be at least 1");
         }
+        let http_header_timeout = self
+            .http_header_timeout
+            .map_or(Duration::from_secs(10), |d| d.0);
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&http_header_timeout) {
+            bail!("--http-header-timeout must be between 100ms and 5m");
+        }
         Ok(ServeConfig {
+            http_header_timeout,
             max_invites_per_minute,
             max_pushes_per_minute,
             login_timeout,

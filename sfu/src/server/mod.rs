@@ -216,11 +216,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             http,
             http::app(shared.clone()),
             shutdown_rx.clone(),
+            shared.cfg.http_header_timeout,
         )),
         tokio::spawn(http::serve_app(
             metrics_listener,
             http::metrics_app(metrics.clone()),
             shutdown_rx,
+            shared.cfg.http_header_timeout,
         )),
     ];
     drop(shared);
