@@ -111,6 +111,7 @@ impl Worker {
         let mut buf = vec![0u8; 2048];
         let mut flush = interval(Duration::from_secs(1));
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut driver_gone = false;
         loop {
             let wake = self.core.poll_timeout();
             tokio::select! {
@@ -125,10 +126,12 @@ impl Worker {
                         }
                     }
                 }
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    self.command(cmd);
-                }
+                // Without the driver no command comes; the driver's supervisor fails the
+                // server, and this worker waits for the shutdown that follows.
+                cmd = rx.recv(), if !driver_gone => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => driver_gone = true,
+                },
                 _ = sleep_until(wake) => {
                     self.core.handle_timeout(Instant::now().into_std());
                     self.transmit();
