@@ -691,3 +691,38 @@ async fn dev_mode_refuses_sockets_from_foreign_web_pages() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_can_have_a_listener_of_its_own() {
+    let s = Server::start(&["--admin", "127.0.0.1:0"]).await;
+    let admin: std::net::SocketAddr = s
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "sfu listening")
+        .and_then(|v| v["admin"].as_str()?.parse().ok())
+        .expect("the admin address is logged");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = sfu::auth::Auth::new(b"devsecret")
+        .mint("ops", None, true, std::time::Duration::from_secs(60), now)
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = |addr: std::net::SocketAddr| {
+        http.get(format!("http://{addr}/api/calls"))
+            .header("Authorization", format!("bearer {token}"))
+            .send()
+    };
+    assert_eq!(
+        get(s.http).await.unwrap().status(),
+        404,
+        "not on the public listener"
+    );
+    let r = get(admin).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.json::<Value>().await.unwrap()["calls"].is_array());
+}

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Serve the admin API (/api/calls) on this listener only, not on --http (keep it off the
+    /// internet). [default: on --http]
+    #[arg(long, env = "SFU_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
     /// IP advertised to clients in the host ICE candidate: this machine's address as clients
     /// reach it (the public IP behind 1:1 NAT). Loopback binds loopback; any other binds all
     /// interfaces. [default: 127.0.0.1]
@@ -254,6 +259,7 @@ pub struct ServeConfig {
     pub dev: bool,
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub media_ip: std::net::IpAddr,
     pub udp_port: u16,
     pub workers: usize,
@@ -318,6 +324,7 @@ impl ServeArgs {
             dev: self.dev || file.dev,
             http: self.http.or(file.http),
             metrics: self.metrics.or(file.metrics),
+            admin: self.admin.or(file.admin),
             media_ip: self.media_ip.or(file.media_ip),
             udp_port: self.udp_port.or(file.udp_port),
             workers: self.workers.or(file.workers),
@@ -481,6 +488,7 @@ impl ServeArgs {
             bail!("--http-header-timeout must be between 100ms and 5m");
         }
         Ok(ServeConfig {
+            admin: self.admin,
             http_header_timeout,
             max_invites_per_minute,
             max_pushes_per_minute,

@@ -31,7 +31,7 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
     } else {
         Router::new()
     };
-    router
+    let router = router
         .route(
             "/",
             get(|| async {
@@ -60,9 +60,26 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
             }),
         )
         .route("/ws", get(ws))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    // Without --admin, the admin API shares the main listener.
+    let router = if shared.cfg.admin.is_none() {
+        router.merge(admin_routes())
+    } else {
+        router
+    };
+    router.with_state(shared)
+}
+
+fn admin_routes() -> Router<Arc<Shared>> {
+    Router::new()
         .route("/api/calls", get(list_calls))
         .route("/api/calls/{id}", get(get_call))
+}
+
+/// The admin API alone, for `--admin`.
+pub(crate) fn admin_app(shared: Arc<Shared>) -> Router {
+    admin_routes()
+        .route("/healthz", get(healthz))
         .with_state(shared)
 }
 

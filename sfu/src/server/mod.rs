@@ -119,8 +119,20 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     let metrics_listener = TcpListener::bind(cfg.metrics)
         .await
         .with_context(|| format!("cannot listen on --metrics {}", cfg.metrics))?;
+    let admin_listener = match cfg.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --admin {addr}"))?,
+        ),
+        None => None,
+    };
     let http_addr = http.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
 
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -203,7 +215,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         workers,
     );
     let supervised = health.clone();
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(async move {
             use futures_util::FutureExt;
             let reason = match std::panic::AssertUnwindSafe(driver).catch_unwind().await {
@@ -221,15 +233,25 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         tokio::spawn(http::serve_app(
             metrics_listener,
             http::metrics_app(metrics.clone()),
-            shutdown_rx,
+            shutdown_rx.clone(),
             shared.cfg.http_header_timeout,
         )),
     ];
+    if let Some(listener) = admin_listener {
+        tasks.push(tokio::spawn(http::serve_app(
+            listener,
+            http::admin_app(shared.clone()),
+            shutdown_rx,
+            shared.cfg.http_header_timeout,
+        )));
+    }
     drop(shared);
     let media: Vec<String> = media_addrs.iter().map(ToString::to_string).collect();
+    let admin = admin_addr.map_or_else(|| "on http".to_string(), |a| a.to_string());
     tracing::info!(
         http = %http_addr,
         metrics = %metrics_addr,
+        admin = %admin,
         media = %media.join(","),
         "sfu listening"
     );
