@@ -2,6 +2,8 @@
 //! "Authentication"). Minting and verification take the wall-clock time as an argument so the
 //! rules, expiry included, are tested without a clock.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -51,6 +53,12 @@ pub enum AuthError {
     BadSubject,
     #[error("token name is longer than 128 characters")]
     BadName,
+    #[error("token names a key id (kid) this server does not have")]
+    UnknownKid,
+    #[error("token has no key id (kid) and this server has no default secret")]
+    NeedsKid,
+    #[error("no secret to sign with")]
+    NoKey,
 }
 
 /// True when `user` is a valid user id: `[A-Za-z0-9_-]{1,64}`.
@@ -59,6 +67,33 @@ pub fn valid_user_id(user: &str) -> bool {
         && user
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A token for `user` signed with `secret` and naming `kid` (as an app with a key in the keys
+/// file mints it); `sfu token --kid` prints one.
+pub fn mint_with_kid(
+    secret: &[u8],
+    kid: &str,
+    user: &str,
+    admin: bool,
+    ttl: Duration,
+    now: u64,
+) -> Result<String, AuthError> {
+    if !valid_user_id(user) {
+        return Err(AuthError::BadSubject);
+    }
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: now.saturating_add(ttl.as_secs()),
+        iat: Some(now),
+        nbf: None,
+        name: None,
+        admin,
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+        .map_err(|_| AuthError::Malformed)
 }
 
 /// Seconds since the Unix epoch, for the shell to pass in.
@@ -72,23 +107,59 @@ pub fn unix_now() -> u64 {
 /// Tolerance for a token minted on a clock slightly ahead of ours.
 const NBF_LEEWAY_SECS: u64 = 5;
 
-/// Signs and verifies tokens with one shared secret.
+mod keys;
+pub use keys::{KeySet, parse_keys};
+
+/// Signs and verifies tokens: with the main secret (`--jwt-secret`) for tokens without a `kid`,
+/// and with the keys file's secret of their `kid` otherwise.
 pub struct Auth {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+    default: Option<DecodingKey>,
+    kids: RwLock<HashMap<String, DecodingKey>>,
     validation: Validation,
 }
 
 impl Auth {
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_keys(Some(secret), KeySet::new())
+    }
+
+    /// The main secret (if any) and a set of `kid` keys.
+    pub fn with_keys(secret: Option<&[u8]>, kids: KeySet) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // Expiry is checked by `verify` against the time it is given.
         validation.validate_exp = false;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+        let auth = Self {
+            encoding: secret.map(EncodingKey::from_secret),
+            default: secret.map(DecodingKey::from_secret),
+            kids: RwLock::new(HashMap::new()),
             validation,
+        };
+        auth.set_keys(kids);
+        auth
+    }
+
+    /// Replaces the `kid` keys (a reloaded keys file); tokens of removed kids stop working.
+    pub fn set_keys(&self, kids: KeySet) {
+        let keys = kids
+            .into_iter()
+            .map(|(kid, secret)| (kid, DecodingKey::from_secret(&secret)))
+            .collect();
+        *self.kids.write().unwrap_or_else(PoisonError::into_inner) = keys;
+    }
+
+    /// The key that verifies a token with this `kid` (or without one).
+    fn key_for(&self, kid: Option<&str>) -> Result<DecodingKey, AuthError> {
+        match kid {
+            None => self.default.clone().ok_or(AuthError::NeedsKid),
+            Some(kid) => self
+                .kids
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(kid)
+                .cloned()
+                .ok_or(AuthError::UnknownKid),
         }
     }
 
@@ -115,7 +186,8 @@ impl Auth {
             name: name.map(str::to_string),
             admin,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let key = self.encoding.as_ref().ok_or(AuthError::NoKey)?;
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|_| AuthError::Malformed)
     }
 
@@ -125,15 +197,18 @@ impl Auth {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let key = self.key_for(header.kid.as_deref())?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+            match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     AuthError::BadSignature
                 }
                 ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
                 ErrorKind::Json(_) => AuthError::MissingClaim,
                 _ => AuthError::Malformed,
-            })?;
+            }
+        })?;
         let claims = data.claims;
         if claims.exp <= now {
             return Err(AuthError::Expired);
@@ -321,5 +396,52 @@ mod tests {
         assert!(a.verify(&token(NOW + 5), NOW).is_ok(), "within the leeway");
         assert!(a.verify(&token(NOW - 60), NOW).is_ok());
         assert!(a.verify(&token(NOW + 60), NOW + 60).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_verified_by_their_kid_and_keys_rotate() {
+        let mut keys = KeySet::new();
+        keys.insert("app1".into(), b"secret-of-app-one-123".to_vec());
+        let a = Auth::with_keys(None, keys);
+        let t1 = mint_with_kid(
+            b"secret-of-app-one-123",
+            "app1",
+            "alice",
+            false,
+            Duration::from_secs(60),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(a.verify(&t1, NOW).unwrap().sub, "alice");
+        let t2 = mint_with_kid(
+            b"secret-of-app-two-456",
+            "app2",
+            "bob",
+            false,
+            Duration::from_secs(60),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(a.verify(&t2, NOW), Err(AuthError::UnknownKid));
+        let forged = mint_with_kid(
+            b"not-the-secret-of-app1",
+            "app1",
+            "eve",
+            false,
+            Duration::from_secs(60),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(a.verify(&forged, NOW), Err(AuthError::BadSignature));
+        let plain = auth()
+            .mint("carol", None, false, Duration::from_secs(60), NOW)
+            .unwrap();
+        assert_eq!(a.verify(&plain, NOW), Err(AuthError::NeedsKid));
+        // Rotation: app2 in, app1 out.
+        let mut keys = KeySet::new();
+        keys.insert("app2".into(), b"secret-of-app-two-456".to_vec());
+        a.set_keys(keys);
+        assert!(a.verify(&t2, NOW).is_ok());
+        assert_eq!(a.verify(&t1, NOW), Err(AuthError::UnknownKid));
     }
 }

@@ -114,6 +114,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_CALL_RECORDS", value_name = "N")]
     pub call_records: Option<usize>,
 
+    /// File of `kid secret` lines: tokens whose header names a `kid` are verified with its
+    /// secret (one per app; rotate by editing the file and sending SIGHUP).
+    #[arg(long, env = "SFU_KEYS_FILE", value_name = "PATH")]
+    pub keys_file: Option<PathBuf>,
+
     /// HS256 secret that login tokens are signed with (at least 16 bytes). Prefer the env var.
     #[arg(long, env = "SFU_JWT_SECRET", value_name = "S", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -238,6 +243,10 @@ pub struct TokenArgs {
     /// Grant the admin API (call records).
     #[arg(long)]
     pub admin: bool,
+    /// Name this key id in the token's header: sign with that kid's secret from the server's
+    /// keys file (passed as --jwt-secret).
+    #[arg(long, value_name = "KID")]
+    pub kid: Option<String>,
 }
 
 impl TokenArgs {
@@ -267,7 +276,10 @@ pub struct ServeConfig {
     pub volume_interval: Duration,
     pub cdr_file: Option<PathBuf>,
     pub call_records: usize,
-    pub jwt_secret: String,
+    /// Verifies tokens without a `kid`; `None` with a keys file only.
+    pub jwt_secret: Option<String>,
+    pub keys_file: Option<PathBuf>,
+    pub keys: crate::auth::KeySet,
     pub invite_timeout: Duration,
     pub reconnect_grace: Duration,
     pub push_webhook: Option<String>,
@@ -333,6 +345,7 @@ impl ServeArgs {
             cdr_file: self.cdr_file.or(file.cdr_file),
             call_records: self.call_records.or(file.call_records),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
+            keys_file: self.keys_file.or(file.keys_file),
             invite_timeout: self.invite_timeout.or(file.invite_timeout),
             reconnect_grace: self.reconnect_grace.or(file.reconnect_grace),
             push_webhook: self.push_webhook.or(file.push_webhook),
@@ -364,19 +377,26 @@ impl ServeArgs {
         let media_limits = self.media_limits()?;
         let http = self.http.unwrap_or(([127, 0, 0, 1], 7600).into());
         let metrics = self.metrics.unwrap_or(([127, 0, 0, 1], 9600).into());
-        let jwt_secret = match (self.jwt_secret, self.dev) {
-            (Some(s), _) => s,
-            (None, true) => DEV_SECRET.to_string(),
-            (None, false) => bail!(
-                "no JWT secret: set SFU_JWT_SECRET (or --jwt-secret), or run `sfu serve --dev` \
-                 to try it locally"
+        let keys = match &self.keys_file {
+            Some(path) => read_keys(path)?,
+            None => crate::auth::KeySet::new(),
+        };
+        let jwt_secret = match (self.jwt_secret, self.dev, self.keys_file.is_some()) {
+            (Some(s), _, _) => Some(s),
+            (None, true, _) => Some(DEV_SECRET.to_string()),
+            (None, false, true) => None,
+            (None, false, false) => bail!(
+                "no JWT secret: set SFU_JWT_SECRET (or --jwt-secret) or --keys-file, or run \
+                 `sfu serve --dev` to try it locally"
             ),
         };
-        if !self.dev && jwt_secret.len() < MIN_SECRET_BYTES {
-            bail!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes");
-        }
-        if !self.dev && jwt_secret == DEV_SECRET {
-            bail!("the dev secret is only allowed with --dev");
+        if let Some(secret) = &jwt_secret {
+            if !self.dev && secret.len() < MIN_SECRET_BYTES {
+                bail!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes");
+            }
+            if !self.dev && secret == DEV_SECRET {
+                bail!("the dev secret is only allowed with --dev");
+            }
         }
         let media_ip = self
             .media_ip
@@ -488,6 +508,8 @@ impl ServeArgs {
             bail!("--http-header-timeout must be between 100ms and 5m");
         }
         Ok(ServeConfig {
+            keys_file: self.keys_file,
+            keys,
             admin: self.admin,
             http_header_timeout,
             max_invites_per_minute,
@@ -520,6 +542,14 @@ impl ServeArgs {
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// Reads and parses a keys file (at start, and on SIGHUP).
+pub fn read_keys(path: &std::path::Path) -> anyhow::Result<crate::auth::KeySet> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --keys-file {}", path.display()))?;
+    crate::auth::parse_keys(&text)
+        .map_err(|e| anyhow::anyhow!("--keys-file {}: {e}", path.display()))
 }
 
 mod media_limits;

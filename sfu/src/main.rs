@@ -23,15 +23,24 @@ fn main() -> ExitCode {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = args.secret()?;
-    let token = Auth::new(secret.as_bytes())
-        .mint(
+    let token = match &args.kid {
+        Some(kid) => sfu::auth::mint_with_kid(
+            secret.as_bytes(),
+            kid,
+            &args.user,
+            args.admin,
+            args.ttl.0,
+            unix_now(),
+        ),
+        None => Auth::new(secret.as_bytes()).mint(
             &args.user,
             args.name.as_deref(),
             args.admin,
             args.ttl.0,
             unix_now(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e} (user {:?})", args.user))?;
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("{e} (user {:?})", args.user))?;
     println!("{token}");
     Ok(())
 }

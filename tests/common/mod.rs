@@ -200,6 +200,30 @@ impl Server {
         status.success()
     }
 
+    /// Sends a signal (e.g. "HUP") to the server process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    }
+
+    /// Waits until the server logged a line containing `text`.
+    pub async fn wait_log(&self, text: &str) {
+        timeout(WAIT, async {
+            loop {
+                if self.log.lock().unwrap().iter().any(|l| l.contains(text)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+    }
+
     /// Waits for the process to exit by itself; returns its exit code.
     pub async fn exit_code(&mut self) -> Option<i32> {
         let status = timeout(WAIT, self.child.wait())

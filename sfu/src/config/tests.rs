@@ -9,7 +9,7 @@ fn dev_needs_nothing_else() {
     }
     .resolve()
     .unwrap();
-    assert_eq!(c.jwt_secret, DEV_SECRET);
+    assert_eq!(c.jwt_secret.as_deref(), Some(DEV_SECRET));
     assert_eq!(c.http, "127.0.0.1:7600".parse().unwrap());
     assert_eq!(c.metrics, "127.0.0.1:9600".parse().unwrap());
     assert_eq!(c.invite_timeout, Duration::from_secs(30));

@@ -192,7 +192,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         cfg.max_sockets,
     ));
     let shared = Arc::new(Shared {
-        auth: Auth::new(cfg.jwt_secret.as_bytes()),
+        auth: Auth::with_keys(
+            cfg.jwt_secret.as_deref().map(str::as_bytes),
+            cfg.keys.clone(),
+        ),
         cfg,
         metrics: metrics.clone(),
         sessions: Sessions::default(),
@@ -237,6 +240,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             shared.cfg.http_header_timeout,
         )),
     ];
+    #[cfg(unix)]
+    if let Some(path) = shared.cfg.keys_file.clone() {
+        tasks.push(tokio::spawn(reload_keys_on_sighup(path, shared.clone())));
+    }
     if let Some(listener) = admin_listener {
         tasks.push(tokio::spawn(http::serve_app(
             listener,
@@ -286,6 +293,32 @@ fn cdr_writer(path: &std::path::Path) -> anyhow::Result<std::sync::mpsc::SyncSen
             }
         })?;
     Ok(tx)
+}
+
+/// Re-reads the keys file on every SIGHUP; a file that does not parse leaves the keys as they
+/// were (and says why).
+#[cfg(unix)]
+async fn reload_keys_on_sighup(path: std::path::PathBuf, shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: the keys file will not be reloaded");
+        return;
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            got = hup.recv() => if got.is_none() { return },
+            _ = stopped(&mut shutdown) => return,
+        }
+        match crate::config::read_keys(&path) {
+            Ok(keys) => {
+                let n = keys.len();
+                shared.auth.set_keys(keys);
+                tracing::info!(keys = n, "keys file reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "keys file not reloaded; the old keys stay"),
+        }
+    }
 }
 
 /// A short random prefix that makes session and call ids unique across restarts.
