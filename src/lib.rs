@@ -3,3 +3,4 @@
 
 pub mod netsim;
 pub mod pair;
+pub mod fuzz_harness;

@@ -1,0 +1,4 @@
+//! Fuzz target: see `sfu_suite::fuzz_harness::frame`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sfu_suite::fuzz_harness::frame(data));
