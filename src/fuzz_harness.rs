@@ -21,7 +21,9 @@ pub fn frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let mut guard = MODEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = MODEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (model, now) = guard.get_or_insert_with(|| {
         let now = std::time::Instant::now();
         let mut m = CallModel::new(ModelConfig::default());
@@ -40,7 +42,9 @@ pub fn frame(data: &[u8]) {
 pub fn sdp(data: &[u8]) {
     static CORE: Mutex<Option<World>> = Mutex::new(None);
     let text = String::from_utf8_lossy(data).into_owned();
-    let mut guard = CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let w = guard.get_or_insert_with(|| {
         let mut w = World::new();
         w.join_call("alice", &[MediaKind::Audio], false);
@@ -82,7 +86,9 @@ pub fn sdp(data: &[u8]) {
 /// stranger: STUN, DTLS, RTP and RTCP paths after the handshake.
 pub fn datagram(data: &[u8]) {
     static CALL_UP: Mutex<Option<World>> = Mutex::new(None);
-    let mut guard = CALL_UP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = CALL_UP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let w = guard.get_or_insert_with(|| {
         let mut w = World::new();
         w.join_call("alice", &[MediaKind::Audio], false);

@@ -215,3 +215,47 @@ async fn a_flood_of_notifications_is_limited_too() {
     ok.still_fine().await;
     assert!(s.alive());
 }
+
+/// An offer of `n` audio m-lines from a str0m client.
+fn offer_with_mlines(n: usize) -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new().build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    for _ in 0..n {
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    }
+    api.apply().unwrap().0.to_sdp_string()
+}
+
+#[tokio::test]
+async fn offers_with_hundreds_of_m_lines_are_refused_and_others_go_on() {
+    let s = Server::start(&[]).await;
+    let mut alice = s.login("alice").await;
+    let mut bob = s.login("bob").await;
+    let id = connected_call(&mut alice, &mut bob, "audio").await;
+    let mut mallory = s.login("mallory").await;
+    let mut eve = s.login("eve").await;
+    let evil = connected_call(&mut mallory, &mut eve, "audio").await;
+    // 40 m-lines: refused with a reason.
+    let e = mallory
+        .request(
+            "offer",
+            json!({"call_id": evil, "sdp": offer_with_mlines(40)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], -32602);
+    assert!(e["message"].as_str().unwrap().contains("40 m-lines"), "{e}");
+    // 300 m-lines do not even fit a frame: mallory's socket is closed, nobody else's.
+    let big = json!({"jsonrpc": "2.0", "id": 9, "method": "offer",
+                     "params": {"call_id": evil, "sdp": offer_with_mlines(300)}});
+    mallory.send_raw(Message::text(big.to_string())).await;
+    assert_eq!(mallory.closed().await.0, Closed::Code(1009));
+    // The bystanders' call is untouched and can still negotiate media.
+    assert_eq!(alice.request("ping", json!({})).await.unwrap(), json!({}));
+    let answer = bob
+        .request("offer", json!({"call_id": id, "sdp": offer_with_mlines(1)}))
+        .await
+        .unwrap();
+    assert!(answer["sdp"].as_str().unwrap().starts_with("v=0"));
+}

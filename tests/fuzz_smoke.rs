@@ -62,9 +62,16 @@ fn datagrams_after_the_handshake() {
     let seeds: Vec<Vec<u8>> = vec![
         // RTP (PT 111), RTCP RR, a DTLS record header, a STUN binding request header.
         [vec![0x80, 0x6f, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2], vec![0; 40]].concat(),
-        vec![0x81, 0xc9, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        vec![0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 5, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
-        vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        vec![
+            0x81, 0xc9, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ],
+        vec![
+            0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 5, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
+        vec![
+            0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ],
     ];
     for input in mutations(&seeds, 20_000) {
         fuzz_harness::datagram(&input);
