@@ -416,3 +416,57 @@ async fn a_hold_of_100_000_packets_over_udp() {
     assert_eq!(b.gaps, 0, "no gap in bob's sequence numbers");
     assert_eq!(b.max_jump, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_str0m_panic_fails_one_media_session_only() {
+    // mallory's media session panics inside str0m after each of her offers (test hook).
+    let s = Server::start(&["--panic-media-of", "mallory"]).await;
+    let mut mallory = s.login("mallory").await;
+    let mut eve = s.login("eve").await;
+    let evil = connected_call(&mut mallory, &mut eve, "audio").await;
+    // Calls go to the least loaded of the 2 workers: with one more call in between, the
+    // bystanders' call shares mallory's worker.
+    let (mut carol, mut dave) = (s.login("carol").await, s.login("dave").await);
+    connected_call(&mut carol, &mut dave, "audio").await;
+    let talk = || {
+        vec![
+            Step::Offer,
+            Step::Send {
+                per_tick: 1,
+                until: Until::For(Duration::from_secs(3)),
+            },
+        ]
+    };
+    let bystanders = two(&s, talk(), talk());
+    let hostile = async {
+        let sdp = {
+            let mut rtc = RtcConfig::new().build(std::time::Instant::now());
+            let mut api = rtc.sdp_api();
+            api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            api.apply().unwrap().0.to_sdp_string()
+        };
+        mallory
+            .request("offer", json!({"call_id": evil, "sdp": sdp}))
+            .await
+            .expect("answered before the fault");
+        let failed = mallory.expect("media_failed").await;
+        assert_eq!(failed, json!({"call_id": evil, "reason": "rtc"}));
+    };
+    let ((a, b), ()) = tokio::join!(bystanders, hostile);
+    assert!(
+        a.got.len() > 100 && b.got.len() > 100,
+        "{} {}",
+        a.got.len(),
+        b.got.len()
+    );
+    assert_eq!(a.gaps + b.gaps, 0);
+    let health = reqwest::get(format!("http://{}/healthz", s.http))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "the worker lives on");
+    assert_eq!(
+        s.metric("sfu_peer_failures_total{stage=\"rtc\"}").await,
+        1.0
+    );
+    assert_eq!(mallory.request("ping", json!({})).await.unwrap(), json!({}));
+}

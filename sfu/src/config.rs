@@ -212,6 +212,12 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub fail_driver_after: Option<Dur>,
 
+    /// Test hook (with --dev only): the media session of this user panics inside str0m right
+    /// after each of their offers, to show that only that session fails.
+    #[arg(long, hide = true, value_name = "USER")]
+    #[serde(skip)]
+    pub panic_media_of: Option<String>,
+
     /// Log format. [default: human]
     #[arg(long, env = "SFU_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -257,6 +263,7 @@ pub struct ServeConfig {
     pub max_sockets: usize,
     pub media_limits: crate::media::MediaLimits,
     pub fail_driver_after: Option<Duration>,
+    pub panic_media_of: Option<String>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -390,8 +397,8 @@ impl ServeArgs {
         if !(1..=100).contains(&max_calls_per_user) {
             bail!("--max-calls-per-user must be between 1 and 100");
         }
-        if self.fail_driver_after.is_some() && !self.dev {
-            bail!("--fail-driver-after is a test hook: only with --dev");
+        if (self.fail_driver_after.is_some() || self.panic_media_of.is_some()) && !self.dev {
+            bail!("--fail-driver-after and --panic-media-of are test hooks: only with --dev");
         }
         let login_timeout = self.login_timeout.map_or(Duration::from_secs(10), |d| d.0);
         if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&login_timeout) {
@@ -425,6 +432,7 @@ impl ServeArgs {
             max_sockets_per_ip,
             media_limits,
             fail_driver_after: self.fail_driver_after.map(|d| d.0),
+            panic_media_of: self.panic_media_of.clone(),
             dev: self.dev,
             http,
             metrics,

@@ -163,6 +163,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 metrics: metrics.clone(),
                 shutdown: shutdown_rx.clone(),
                 health: health.clone(),
+                panic_media_of: cfg.panic_media_of.clone(),
             },
         )?;
         workers.push(handle);

@@ -31,6 +31,8 @@ pub(crate) struct Links {
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     pub health: Arc<super::health::Health>,
+    /// Test hook (`--panic-media-of`, dev only).
+    pub panic_media_of: Option<String>,
 }
 
 /// Binds the socket of Worker `index` and starts its thread.
@@ -46,6 +48,7 @@ pub(crate) fn spawn(
         metrics,
         shutdown,
         health,
+        panic_media_of,
     } = links;
     let socket = StdUdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
@@ -76,6 +79,7 @@ pub(crate) fn spawn(
                         flushed: MediaCounters::default(),
                         peers_reported: 0,
                         latency: None,
+                        panic_media_of,
                     }
                     .run(rx, shutdown)
                     .await;
@@ -103,6 +107,7 @@ struct Worker {
     flushed: MediaCounters,
     peers_reported: i64,
     latency: Option<LocalHistogram>,
+    panic_media_of: Option<String>,
 }
 
 impl Worker {
@@ -188,7 +193,14 @@ impl Worker {
     }
 
     fn command(&mut self, cmd: Command) {
+        let hook = match (&cmd, &self.panic_media_of) {
+            (Command::Offer { call_id, user, .. }, Some(u)) if u == user => Some(call_id.clone()),
+            _ => None,
+        };
         self.core.handle_command(std::time::Instant::now(), cmd);
+        if let (Some(call_id), Some(user)) = (hook, &self.panic_media_of) {
+            self.core.inject_panic(&call_id, user);
+        }
         self.transmit();
     }
 
