@@ -79,21 +79,37 @@ pub fn mint_with_kid(
     ttl: Duration,
     now: u64,
 ) -> Result<String, AuthError> {
-    if !valid_user_id(user) {
-        return Err(AuthError::BadSubject);
-    }
-    let claims = Claims {
-        sub: user.to_string(),
-        exp: now.saturating_add(ttl.as_secs()),
-        iat: Some(now),
-        nbf: None,
-        name: None,
-        admin,
-    };
+    let claims = Claims::new(user, None, admin, ttl, now)?;
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(kid.to_string());
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
         .map_err(|_| AuthError::Malformed)
+}
+
+impl Claims {
+    /// The claims of a token for `user`, valid for `ttl` from `now`; checks user and name.
+    fn new(
+        user: &str,
+        name: Option<&str>,
+        admin: bool,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<Self, AuthError> {
+        if !valid_user_id(user) {
+            return Err(AuthError::BadSubject);
+        }
+        if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+            return Err(AuthError::BadName);
+        }
+        Ok(Claims {
+            sub: user.to_string(),
+            exp: now.saturating_add(ttl.as_secs()),
+            iat: Some(now),
+            nbf: None,
+            name: name.map(str::to_string),
+            admin,
+        })
+    }
 }
 
 /// Seconds since the Unix epoch, for the shell to pass in.
@@ -172,20 +188,7 @@ impl Auth {
         ttl: Duration,
         now: u64,
     ) -> Result<String, AuthError> {
-        if !valid_user_id(user) {
-            return Err(AuthError::BadSubject);
-        }
-        if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
-            return Err(AuthError::BadName);
-        }
-        let claims = Claims {
-            sub: user.to_string(),
-            exp: now.saturating_add(ttl.as_secs()),
-            iat: Some(now),
-            nbf: None,
-            name: name.map(str::to_string),
-            admin,
-        };
+        let claims = Claims::new(user, name, admin, ttl, now)?;
         let key = self.encoding.as_ref().ok_or(AuthError::NoKey)?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|_| AuthError::Malformed)

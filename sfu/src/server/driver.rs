@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::push::PushQueue;
 use crate::directory::{CallEntry, ToSocket};
-use crate::media::{Command, Leg, MediaEvent};
+use crate::media::{Command, MediaEvent};
 use crate::protocol::{Method, RequestId};
 use crate::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output};
 
@@ -128,10 +128,8 @@ fn observe(shared: &Shared, event: &MediaEvent) {
             leg,
             report,
         } => {
-            let dir = match leg {
-                Leg::Up => "up",
-                Leg::Down => "down",
-            };
+            let direction = crate::protocol::QualityDirection::from(*leg);
+            let dir: &str = direction.into();
             m.quality_mos.with_label_values(&[dir]).observe(report.mos);
             m.quality_samples
                 .with_label_values(&[dir, report.level.as_str()])
@@ -145,10 +143,6 @@ fn observe(shared: &Shared, event: &MediaEvent) {
             m.quality_loss_ratio
                 .with_label_values(&[dir])
                 .observe(report.loss);
-            let direction = match leg {
-                Leg::Up => crate::protocol::QualityDirection::Up,
-                Leg::Down => crate::protocol::QualityDirection::Down,
-            };
             shared.records().quality(
                 call_id,
                 user,

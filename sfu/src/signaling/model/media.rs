@@ -14,6 +14,15 @@ use crate::protocol::{
 use crate::signaling::call::Member;
 use crate::signaling::params::{self, CandidateParams, HoldParams, MuteParams, SdpParams};
 
+impl From<Leg> for QualityDirection {
+    fn from(leg: Leg) -> Self {
+        match leg {
+            Leg::Up => QualityDirection::Up,
+            Leg::Down => QualityDirection::Down,
+        }
+    }
+}
+
 /// The media state the Worker must enforce for a member.
 pub(super) fn member_media(m: &Member) -> MemberMedia {
     MemberMedia {
@@ -185,10 +194,7 @@ impl CallModel {
                 let n = Notification::Quality {
                     call_id: call_id.clone(),
                     user,
-                    direction: match leg {
-                        Leg::Up => QualityDirection::Up,
-                        Leg::Down => QualityDirection::Down,
-                    },
+                    direction: leg.into(),
                     mos: report.mos,
                     quality: report.level,
                     rtt_ms: report.rtt_ms,
