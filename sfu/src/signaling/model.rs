@@ -15,6 +15,7 @@ use crate::protocol::{
     EndReason, LeaveReason, Media, Method, Notification, Outbound, RequestId, RpcError,
 };
 
+mod budgets;
 mod media;
 mod requests;
 mod rules;
@@ -151,15 +152,15 @@ pub struct CallModel {
     tickets: HashMap<Ticket, (ConnId, RequestId, Method)>,
     next_ticket: Ticket,
     /// Invites each caller may still send, and pushes each callee may still get.
-    invite_budget: rules::Budgets,
-    push_budget: rules::Budgets,
+    invite_budget: budgets::Budgets,
+    push_budget: budgets::Budgets,
     pushes_limited: u64,
 }
 
 impl CallModel {
     pub fn new(cfg: ModelConfig) -> Self {
-        let invite_budget = rules::Budgets::per_minute(cfg.max_invites_per_minute);
-        let push_budget = rules::Budgets::per_minute(cfg.max_pushes_per_minute);
+        let invite_budget = budgets::Budgets::per_minute(cfg.max_invites_per_minute);
+        let push_budget = budgets::Budgets::per_minute(cfg.max_pushes_per_minute);
         Self {
             cfg,
             conns: HashMap::new(),

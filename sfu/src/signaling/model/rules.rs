@@ -1,49 +1,17 @@
 //! The call rules of PROTOCOL.md: login and replay, placing and inviting, accept, reject,
 //! hang-up, invite timeouts, reconnect grace, and the end of a call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use super::{CallEvent, CallModel, ConnId, Leave, Output, PushNotice};
-use crate::limits::TokenBucket;
 use crate::media::Command;
 use crate::protocol::{EndReason, Notification, Outbound, RpcError};
 use crate::signaling::call::{Call, Member, MemberState};
 use crate::signaling::params;
 use crate::signaling::timers::Timer;
-
-/// Per-user budgets refilled per minute (invites a caller sends, pushes a callee gets), so
-/// call/hangup loops cannot ring people or fire webhooks without end.
-pub(crate) struct Budgets {
-    per_minute: u32,
-    users: HashMap<String, TokenBucket>,
-}
-
-/// Above this many tracked users, those whose budget refilled completely are forgotten.
-const PRUNE_AT: usize = 10_000;
-
-impl Budgets {
-    pub fn per_minute(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            users: HashMap::new(),
-        }
-    }
-
-    /// Takes `n` from `user`'s budget; false (and nothing taken) if it has fewer left.
-    pub fn take(&mut self, user: &str, n: usize, now: Instant) -> bool {
-        if self.users.len() >= PRUNE_AT {
-            self.users.retain(|_, b| !b.full(now));
-        }
-        let per_minute = f64::from(self.per_minute);
-        self.users
-            .entry(user.to_string())
-            .or_insert_with(|| TokenBucket::new(per_minute / 60.0, per_minute, now))
-            .take_n(now, n as f64)
-    }
-}
 
 impl CallModel {
     pub(super) fn do_login(&mut self, conn: ConnId, user: &str) -> Result<Value, RpcError> {
