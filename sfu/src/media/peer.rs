@@ -424,7 +424,7 @@ impl Peer {
         let fault = std::mem::take(&mut self.inject_panic);
         let r = guarded(|| {
             if fault {
-                panic!("injected fault (test hook)");
+                panic!("injected fault (test hook)"); // ok: test hook, caught below
             }
             f(&mut self.rtc)
         });
