@@ -281,7 +281,8 @@ impl World {
         self.offer(i, media, video_call);
     }
 
-    fn offer(&mut self, i: usize, media: &[MediaKind], video_call: bool) {
+    /// Client `i` offers to send `media` (its send tracks are those); returns the offer.
+    pub fn client_offers(&mut self, i: usize, media: &[MediaKind]) -> (String, SdpPendingOffer) {
         let c = &mut self.clients[i];
         let mut api = c.rtc.sdp_api();
         let mut mids = Vec::new();
@@ -291,6 +292,11 @@ impl World {
         let (offer, pending) = api.apply().expect("an offer");
         c.send = mids;
         self.drain_client(i);
+        (offer.to_sdp_string(), pending)
+    }
+
+    fn offer(&mut self, i: usize, media: &[MediaKind], video_call: bool) {
+        let (offer, pending) = self.client_offers(i, media);
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         self.clients[i].pending = Some((ticket, pending));
@@ -298,7 +304,7 @@ impl World {
         self.command(Command::Offer {
             call_id: CALL.into(),
             user: name,
-            sdp: offer.to_sdp_string(),
+            sdp: offer,
             video: video_call,
             state,
             ticket,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sfu::media::{Command, MediaEvent};
 use sfu::protocol::{Method, Outbound};
 use sfu::signaling::{CallModel, ConnId, ModelConfig, Output};
-use str0m::media::{Direction, MediaKind};
+use str0m::media::MediaKind;
 
 use crate::netsim::{Client, World};
 
@@ -177,23 +177,11 @@ impl World {
         call_id: &str,
         media: &[MediaKind],
     ) -> Result<Value, i64> {
-        let c = &mut self.clients[i];
-        let mut api = c.rtc.sdp_api();
-        let mut mids = Vec::new();
-        for &k in media {
-            mids.push((api.add_media(k, Direction::SendOnly, None, None, None), k));
-        }
-        let (offer, pending) = api.apply().expect("an offer");
-        c.send = mids;
-        self.drain_client(i);
+        let (offer, pending) = self.client_offers(i, media);
         // The request id is the ticket the client's answer is matched with.
         let next = self.signaling().next_id + 1;
         self.clients[i].pending = Some((next, pending));
-        self.request(
-            i,
-            Method::Offer,
-            json!({"call_id": call_id, "sdp": offer.to_sdp_string()}),
-        )
+        self.request(i, Method::Offer, json!({"call_id": call_id, "sdp": offer}))
     }
 
     /// Notifications `user` received with this method.

@@ -210,32 +210,16 @@ async fn on_text(
         Incoming::Invalid { id, error } => return offence(sink, limits, shared, id, error).await,
         Incoming::Request { id, method, params } => (id, method, params),
     };
-    match limits.request(Instant::now().into_std()) {
-        Verdict::Allow => {}
-        Verdict::RateLimited => {
-            respond(
-                sink,
-                shared,
-                id,
-                Some(method),
-                Err(RpcError::rate_limited()),
-            )
-            .await;
-            return None;
-        }
-        Verdict::Close => {
-            // This request still gets its answer before the close.
-            respond(
-                sink,
-                shared,
-                id,
-                Some(method),
-                Err(RpcError::rate_limited()),
-            )
-            .await;
+    let verdict = limits.request(Instant::now().into_std());
+    if verdict != Verdict::Allow {
+        // Over the rate: answered, and on a sustained flood the socket closes after that.
+        let err = Err(RpcError::rate_limited());
+        respond(sink, shared, id, Some(method), err).await;
+        if verdict == Verdict::Close {
             close(sink, 1008, "too many requests").await;
             return Some(Cause::Abuse);
         }
+        return None;
     }
     let input = if method == Method::Login {
         match verify_login(shared, params) {
