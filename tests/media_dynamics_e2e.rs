@@ -287,6 +287,25 @@ impl Media {
     }
 }
 
+/// One packet per 20 ms for `d`.
+fn talk(d: Duration) -> Step {
+    Step::Send {
+        per_tick: 1,
+        until: Until::For(d),
+    }
+}
+
+/// Offer, then talk until the other side is done (plus half a second).
+fn listener() -> Vec<Step> {
+    vec![
+        Step::Offer,
+        Step::Send {
+            per_tick: 1,
+            until: Until::Peer(Duration::from_millis(500)),
+        },
+    ]
+}
+
 /// alice and bob in a 1v1 audio call, each running their steps at once.
 async fn two(s: &Server, alice: Vec<Step>, bob: Vec<Step>) -> (Seen, Seen) {
     let mut a = s.login("alice").await;
@@ -315,24 +334,12 @@ async fn muted_before_the_first_offer_over_udp() {
     let alice = vec![
         Step::Request("mute", json!({"audio": true})),
         Step::Offer,
-        Step::Send {
-            per_tick: 1,
-            until: Until::For(Duration::from_secs(3)),
-        },
+        talk(Duration::from_secs(3)),
         Step::Request("mute", json!({"audio": false})),
-        Step::Send {
-            per_tick: 1,
-            until: Until::For(Duration::from_secs(2)),
-        },
+        talk(Duration::from_secs(2)),
         Step::Done,
     ];
-    let bob = vec![
-        Step::Offer,
-        Step::Send {
-            per_tick: 1,
-            until: Until::Peer(Duration::from_millis(500)),
-        },
-    ];
+    let bob = listener();
     let (a, b) = two(&s, alice, bob).await;
     let muted_until = a.marks[3].1; // last packet sent before the unmute request
     assert!(muted_until > 100, "alice sent while muted: {muted_until}");
@@ -368,10 +375,7 @@ async fn a_hold_of_100_000_packets_over_udp() {
     let s = Server::start(&["--max-peer-packet-rate", "20000"]).await;
     let alice = vec![
         Step::Offer,
-        Step::Send {
-            per_tick: 1,
-            until: Until::For(Duration::from_secs(2)),
-        },
+        talk(Duration::from_secs(2)),
         Step::Request("hold", json!({"held": true})),
         // 100,000 packets at 200 per 20 ms tick.
         Step::Send {
@@ -379,19 +383,10 @@ async fn a_hold_of_100_000_packets_over_udp() {
             until: Until::Packets(100_000),
         },
         Step::Request("hold", json!({"held": false})),
-        Step::Send {
-            per_tick: 1,
-            until: Until::For(Duration::from_secs(2)),
-        },
+        talk(Duration::from_secs(2)),
         Step::Done,
     ];
-    let bob = vec![
-        Step::Offer,
-        Step::Send {
-            per_tick: 1,
-            until: Until::Peer(Duration::from_millis(500)),
-        },
-    ];
+    let bob = listener();
     let (a, b) = two(&s, alice, bob).await;
     let (held_from, held_until) = (a.marks[2].1, a.marks[4].1);
     assert!(held_until - held_from >= 100_000);
@@ -428,16 +423,8 @@ async fn a_str0m_panic_fails_one_media_session_only() {
     // bystanders' call shares mallory's worker.
     let (mut carol, mut dave) = (s.login("carol").await, s.login("dave").await);
     connected_call(&mut carol, &mut dave, "audio").await;
-    let talk = || {
-        vec![
-            Step::Offer,
-            Step::Send {
-                per_tick: 1,
-                until: Until::For(Duration::from_secs(3)),
-            },
-        ]
-    };
-    let bystanders = two(&s, talk(), talk());
+    let call = || vec![Step::Offer, talk(Duration::from_secs(3))];
+    let bystanders = two(&s, call(), call());
     let hostile = async {
         let sdp = {
             let mut rtc = RtcConfig::new().build(std::time::Instant::now());
