@@ -56,6 +56,8 @@ pub struct Plan {
     pub slot: usize,
     pub expected: Vec<(String, usize)>,
     pub frames: Arc<Vec<Frame>>,
+    /// Killed this far into its talk time (0..1): sockets dropped, no hangup, never back.
+    pub kill_at: Option<f64>,
 }
 
 /// Settings shared by every caller of a run.
@@ -74,6 +76,10 @@ pub struct Shared {
     /// Mute / hold toggles (zero = never), each lasting [`TOGGLE_FOR`].
     pub mute_every: Duration,
     pub hold_every: Duration,
+    /// Churn (zero = never): drop the signaling socket and come back with a new login and a
+    /// new media leg; or re-offer a new media leg on the same socket.
+    pub reconnect_every: Duration,
+    pub reoffer_every: Duration,
 }
 
 /// How long a mute or hold toggle lasts.
@@ -103,6 +109,30 @@ impl Toggle {
         self.on = !self.on;
         self.next = Some(now + if self.on { TOGGLE_FOR } else { self.every });
         Some(self.on)
+    }
+}
+
+/// A periodic event (reconnect, re-offer) every `every`, never when zero.
+struct Every {
+    every: Duration,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Every {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: (!every.is_zero()).then(|| tokio::time::Instant::now() + every),
+        }
+    }
+
+    /// Whether it is due now; if so, the next one is scheduled.
+    fn due(&mut self, now: tokio::time::Instant) -> bool {
+        if self.next.is_none_or(|t| now < t) {
+            return false;
+        }
+        self.next = Some(now + self.every);
+        true
     }
 }
 
@@ -189,6 +219,11 @@ pub async fn run(shared: Arc<Shared>, plan: Plan) -> CallerResult {
     if let Err(e) = run_inner(&shared, &plan, &mut r).await {
         let kind = e.to_string();
         let kind = kind.split(':').next().unwrap_or("error").to_string();
+        // A caller that should have heard someone and gave up did not verify: a failure.
+        if !plan.expected.is_empty() && r.heard_speakers_in_volume.is_none() {
+            r.verification_failures
+                .push(format!("did not finish its call ({kind})"));
+        }
         r.errors.push(kind);
         if r.outcome.is_empty() {
             r.outcome = "failed".into();
@@ -237,7 +272,9 @@ async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow
                     _ => {}
                 }
             }
-            media(shared, plan, &mut sig, &call_id, Some(t_call), r).await?;
+            if media(shared, plan, &mut sig, &call_id, Some(t_call), r).await? == Ending::Killed {
+                return Ok(());
+            }
             let _ = sig.request("hangup", json!({ "call_id": call_id })).await;
         }
         Role::Callee { answer } => {
@@ -274,7 +311,9 @@ async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow
                 Answer::Accept => {
                     r.outcome = "answered".into();
                     sig.request("accept", json!({ "call_id": call_id })).await?;
-                    media(shared, plan, &mut sig, &call_id, None, r).await?;
+                    if media(shared, plan, &mut sig, &call_id, None, r).await? == Ending::Killed {
+                        return Ok(());
+                    }
                     let _ = sig.send("hangup", json!({ "call_id": call_id })).await;
                 }
             }
@@ -294,7 +333,17 @@ struct Incoming {
     tone: Option<ToneDetector>,
 }
 
-/// The media session: offer, send for `talk_for`, receive, answer server offers, measure.
+/// How a media session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// Talked for `talk_for` or the call ended: verified.
+    Done,
+    /// Killed as planned: its sockets are dropped with it, nothing to verify.
+    Killed,
+}
+
+/// The media session: offer, send for `talk_for`, receive, answer server offers, churn as
+/// asked, measure.
 async fn media(
     shared: &Shared,
     plan: &Plan,
@@ -302,55 +351,12 @@ async fn media(
     call_id: &str,
     t_call: Option<Instant>,
     r: &mut CallerResult,
-) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0").await?;
-    let server_ip = server_ip(&shared.url).await?;
-    // Bind like the server will see us: the local address toward the server.
-    socket.connect((server_ip, 9)).await.ok();
-    let local: SocketAddr = match socket.local_addr() {
-        Ok(a) if !a.ip().is_unspecified() => a,
-        _ => SocketAddr::new(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            socket.local_addr()?.port(),
-        ),
-    };
-    let socket = {
-        // Re-bind on the concrete address (a connected socket would only talk to port 9).
-        drop(socket);
-        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
-    };
-    let local = socket.local_addr()?;
-    let start = Instant::now();
-    let mut rtc: Rtc = RtcConfig::new()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .set_rtcp_report_interval_audio(Duration::from_secs(1))
-        .build(start);
-    rtc.add_local_candidate(
-        Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
-    );
-    let mut api = rtc.sdp_api();
-    let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video_mid: Option<Mid> = shared
-        .video
-        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-    let (offer, pending) = api
-        .apply()
-        .ok_or_else(|| anyhow::anyhow!("offer: nothing to offer"))?;
-    let answer = sig
-        .request(
-            "offer",
-            json!({"call_id": call_id, "sdp": offer.to_sdp_string()}),
-        )
-        .await?;
-    let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-
+) -> anyhow::Result<Ending> {
+    let (mut rtc, mut socket, mut local, mut audio_mid, mut video_mid) =
+        open_leg(shared, sig, call_id).await?;
+    let mut legs = 1u32;
+    let mut retired: Vec<Incoming> = Vec::new();
+    let mut leg_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut imp = Impairer::new(shared.impairment, seed(&plan.user));
     let mut streams: HashMap<Ssrc, Incoming> = HashMap::new();
     let mut named_in_volume: BTreeSet<String> = BTreeSet::new();
@@ -368,6 +374,9 @@ async fn media(
     let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut mute = Toggle::new(shared.mute_every);
     let mut hold = Toggle::new(shared.hold_every);
+    let mut reconnect = Every::new(shared.reconnect_every);
+    let mut reoffer = Every::new(shared.reoffer_every);
+    let mut kill_at: Option<tokio::time::Instant> = None;
 
     // str0m's single-mutation rule: after every mutation, poll until `Timeout`. Every
     // mutation below is followed by `drain!()`, which evaluates to str0m's next deadline.
@@ -454,14 +463,21 @@ async fn media(
         }
         if talk_end.is_none() && rtc.is_connected() {
             talk_end = Some(now + shared.talk_for);
+            kill_at = plan.kill_at.map(|f| now + shared.talk_for.mul_f64(f));
         }
         if talk_end.is_none() && now >= setup_deadline {
             anyhow::bail!("media: not connected within 20 s");
         }
+        if !rtc.is_connected() && now >= leg_deadline {
+            anyhow::bail!("media: leg {legs} not connected within 20 s");
+        }
         let sending = rtc.is_connected();
         let mut wake =
             tokio::time::Instant::from_std(timeout).min(now + Duration::from_millis(100));
-        for t in [mute.next, hold.next].into_iter().flatten() {
+        for t in [mute.next, hold.next, reconnect.next, reoffer.next, kill_at]
+            .into_iter()
+            .flatten()
+        {
             wake = wake.min(t);
         }
         if sending {
@@ -548,6 +564,29 @@ async fn media(
                 .await?;
             r.toggles += 1;
         }
+        if kill_at.is_some_and(|t| now >= t) {
+            // Sockets go with this task, as with a killed app: no close frame, no hangup.
+            r.outcome = "killed".into();
+            return Ok(Ending::Killed);
+        }
+        let reconnecting = rtc.is_connected() && reconnect.due(now);
+        if reconnecting || (rtc.is_connected() && reoffer.due(now)) {
+            if reconnecting {
+                // The old socket is dropped unclosed, as a lost network leaves it.
+                *sig = Signal::connect(&shared.url).await?;
+                sig.request("login", json!({ "token": plan.token })).await?;
+                r.reconnects += 1;
+            } else {
+                r.reoffers += 1;
+            }
+            (rtc, socket, local, audio_mid, video_mid) = open_leg(shared, sig, call_id).await?;
+            retired.extend(streams.drain().map(|(_, s)| s));
+            legs += 1;
+            leg_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            keyframe_due = true;
+            drain!();
+            continue;
+        }
         let (muted, held) = (mute.on, hold.on);
         if sending && (muted || held) && now >= next_audio {
             // A muted microphone, or a call on hold, sends nothing.
@@ -607,18 +646,21 @@ async fn media(
         }
     }
 
-    // Verification: exactly the expected peers on the audio streams, never ourselves.
-    let audio: Vec<&Incoming> = streams
+    // Verification: exactly the expected peers on the audio streams (of every leg), never
+    // ourselves.
+    let audio_now = streams
         .values()
         .filter(|s| s.kind == MediaKind::Audio)
-        .collect();
-    for s in streams.values() {
+        .count();
+    let all: Vec<&Incoming> = streams.values().chain(retired.iter()).collect();
+    for s in &all {
         r.packets_expected += s.highest - s.first + 1;
         r.packets_received += s.received;
         r.jitter_ms.push(s.jitter.ms());
     }
-    let heard: Vec<Option<usize>> = audio
+    let heard: Vec<Option<usize>> = all
         .iter()
+        .filter(|s| s.kind == MediaKind::Audio)
         .map(|s| s.tone.as_ref().and_then(ToneDetector::heard))
         .collect();
     if heard.contains(&Some(plan.slot)) {
@@ -636,10 +678,10 @@ async fn media(
                 .push(format!("heard an unexpected signal (slot {h})"));
         }
     }
-    if audio.len() != plan.expected.len() {
+    // A later leg may end before every stream reached it, but never has more.
+    if audio_now > plan.expected.len() || (legs == 1 && audio_now != plan.expected.len()) {
         r.verification_failures.push(format!(
-            "received {} audio streams, expected {}",
-            audio.len(),
+            "received {audio_now} audio streams, expected {}",
             plan.expected.len()
         ));
     }
@@ -654,7 +696,7 @@ async fn media(
                 .push("volume notifications did not name every talking peer".into());
         }
     }
-    Ok(())
+    Ok(Ending::Done)
 }
 
 fn rtp_ts(epoch: Instant, now: Instant, khz: u64) -> u32 {
@@ -691,4 +733,63 @@ async fn server_ip(url: &str) -> anyhow::Result<std::net::IpAddr> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("url: cannot resolve {hostport}"))?;
     Ok(addr.ip())
+}
+
+/// A media leg: a fresh str0m client on its own UDP socket, offered on `call_id`, with the
+/// server's answer applied. A reconnect or re-offer opens a new one, as an SDK does after a
+/// network change or an ICE restart.
+async fn open_leg(
+    shared: &Shared,
+    sig: &mut Signal,
+    call_id: &str,
+) -> anyhow::Result<(Rtc, UdpSocket, SocketAddr, Mid, Option<Mid>)> {
+    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+    let server_ip = server_ip(&shared.url).await?;
+    // Bind like the server will see us: the local address toward the server.
+    socket.connect((server_ip, 9)).await.ok();
+    let local: SocketAddr = match socket.local_addr() {
+        Ok(a) if !a.ip().is_unspecified() => a,
+        _ => SocketAddr::new(
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            socket.local_addr()?.port(),
+        ),
+    };
+    let socket = {
+        // Re-bind on the concrete address (a connected socket would only talk to port 9).
+        drop(socket);
+        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
+    };
+    let local = socket.local_addr()?;
+    let mut rtc: Rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .set_rtcp_report_interval_audio(Duration::from_secs(1))
+        .build(Instant::now());
+    rtc.add_local_candidate(
+        Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
+    );
+    let mut api = rtc.sdp_api();
+    let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let video_mid: Option<Mid> = shared
+        .video
+        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| anyhow::anyhow!("offer: nothing to offer"))?;
+    let answer = sig
+        .request(
+            "offer",
+            json!({"call_id": call_id, "sdp": offer.to_sdp_string()}),
+        )
+        .await?;
+    // Server offers that came before this response were for the session it replaced.
+    sig.queue.retain(|n| n["method"] != "offer");
+    let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    Ok((rtc, socket, local, audio_mid, video_mid))
 }

@@ -123,6 +123,18 @@ pub struct Args {
     /// Every this often, each connected caller puts the call on hold for 2 s (0 = never).
     #[arg(long, default_value = "0s", value_parser = duration)]
     pub hold_every: Duration,
+    /// Every this often, each connected caller drops its signaling socket (no close frame, as a
+    /// lost network does), logs in again on a new one and re-offers a new media leg (0 = never).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub reconnect_every: Duration,
+    /// Every this often, each connected caller re-offers a new media leg on the same socket, as
+    /// after an ICE restart (0 = never).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub reoffer_every: Duration,
+    /// Share of calls in which one member is killed mid-call (sockets dropped, no hangup, never
+    /// back); the others must have heard it before and go on (or see the call end).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub kill: f64,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -168,6 +180,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         slots: plan::MAX_SLOTS,
         mute_every: args.mute_every,
         hold_every: args.hold_every,
+        reconnect_every: args.reconnect_every,
+        reoffer_every: args.reoffer_every,
     });
     let bar = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(planned.len() as u64);

@@ -28,6 +28,13 @@ fn answer_for(i: usize, n: usize, reject: f64, no_answer: f64) -> Answer {
     }
 }
 
+/// Whether call `i` is one of the `share` whose member is killed (spread evenly), and when:
+/// half-way to 80 % into its talk time, so the others heard it first.
+fn kill_for(i: usize, share: f64) -> Option<f64> {
+    let picked = ((i + 1) as f64 * share).floor() > (i as f64 * share).floor();
+    picked.then(|| 0.5 + 0.3 * ((i * 7) % 10) as f64 / 10.0)
+}
+
 struct Users {
     auth: Option<Auth>,
     listed: Vec<(String, String)>,
@@ -137,6 +144,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                         vec![]
                     }),
                     frames: loops[0].clone(),
+                    kill_at: None,
                 });
                 plans.push(Plan {
                     user: b,
@@ -145,6 +153,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     slot: 1,
                     expected: phantom(if connects { vec![(a, 0)] } else { vec![] }),
                     frames: loops[1].clone(),
+                    kill_at: kill_for(i, args.kill).filter(|_| connects),
                 });
             }
             if busy > 0 && targets.is_empty() {
@@ -165,6 +174,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     slot: 0,
                     expected: vec![],
                     frames: loops[0].clone(),
+                    kill_at: None,
                 });
             }
         }
@@ -186,6 +196,11 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     )
                     .collect();
                 let connected = joined.len() >= 2;
+                let victim = joined
+                    .last()
+                    .map(|(_, s)| *s)
+                    .filter(|s| *s != 0 && connected);
+                let kill_at = kill_for(room, args.kill);
                 let callees: Vec<String> = members[1..].iter().map(|(u, _)| u.clone()).collect();
                 for (m, (user, token)) in members.into_iter().enumerate() {
                     let expect = if connected && joined.iter().any(|(_, s)| *s == m) {
@@ -211,6 +226,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                         slot: m,
                         expected: phantom(expect),
                         frames: loops[m].clone(),
+                        kill_at: kill_at.filter(|_| victim == Some(m)),
                     });
                 }
             }
@@ -249,6 +265,26 @@ mod tests {
         // The rejected pair expects nobody.
         assert!(p[4].expected.is_empty() && p[5].expected.is_empty());
         assert_eq!(p[0].expected, vec![("lt-0-b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn kills_are_spread_and_land_after_half_the_talk() {
+        let picked: Vec<f64> = (0..10).filter_map(|i| kill_for(i, 0.3)).collect();
+        assert_eq!(picked.len(), 3);
+        assert!(picked.iter().all(|f| (0.5..0.8).contains(f)));
+        assert_eq!((0..10).filter_map(|i| kill_for(i, 0.0)).count(), 0);
+        assert_eq!((0..10).filter_map(|i| kill_for(i, 1.0)).count(), 10);
+        let args = Args::parse_from([
+            "loadtest", "--scenario", "group", "--calls", "2", "--group-size", "3", "--kill", "1",
+        ]);
+        let p = plan(&args).unwrap();
+        // The last member of each room, never its caller.
+        let killed: Vec<&str> = p
+            .iter()
+            .filter(|x| x.kill_at.is_some())
+            .map(|x| x.user.as_str())
+            .collect();
+        assert_eq!(killed, vec!["lt-g0-2", "lt-g1-2"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 pub struct CallerResult {
     pub user: String,
     /// `connected`, `rejected`, `no_answer`, `busy`, `failed` (callers); `answered`,
-    /// `rejected_by_me`, `ignored` (callees).
+    /// `rejected_by_me`, `ignored` (callees); `killed` (either, by `--kill`).
     pub outcome: String,
     /// call → accepted, and call → first media received, in ms (callers that connected).
     pub setup_accept_ms: Option<f64>,
@@ -30,6 +30,9 @@ pub struct CallerResult {
     pub heard_speakers_in_volume: Option<bool>,
     /// Mute and hold toggles sent.
     pub toggles: u64,
+    /// Churn: reconnects (new socket, login, new media leg) and re-offers on the same socket.
+    pub reconnects: u64,
+    pub reoffers: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -111,6 +114,8 @@ pub struct Report {
     pub quality_levels: BTreeMap<String, u64>,
     pub volume_named_speakers: BTreeMap<String, usize>,
     pub toggles: u64,
+    pub reconnects: u64,
+    pub reoffers: u64,
     pub verification_failures: Vec<String>,
     pub errors: BTreeMap<String, usize>,
     pub thresholds_breached: Vec<String>,
@@ -141,6 +146,8 @@ impl Report {
             }
             r.packets_expected += c.packets_expected;
             r.toggles += c.toggles;
+            r.reconnects += c.reconnects;
+            r.reoffers += c.reoffers;
             r.packets_received += c.packets_received;
             for (k, v) in &c.levels {
                 *r.quality_levels.entry(k.clone()).or_default() += v;
@@ -218,6 +225,12 @@ impl Report {
             self.scenario, self.media, self.callers, self.duration_s
         ));
         s.push_str(&format!("  outcomes           {:?}\n", self.calls));
+        if self.toggles + self.reconnects + self.reoffers > 0 {
+            s.push_str(&format!(
+                "  churn              {} mute/hold toggles, {} reconnects, {} re-offers\n",
+                self.toggles, self.reconnects, self.reoffers
+            ));
+        }
         s.push_str(&format!(
             "  setup (accept) ms  p50 {}  p95 {}  p99 {}\n",
             opt(self.setup_accept_ms.p50),
