@@ -58,3 +58,35 @@ async fn the_test_hook_is_refused_outside_dev_mode() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only with --dev"));
 }
+
+#[tokio::test]
+async fn a_dead_media_worker_fails_the_server_visibly_and_it_exits_non_zero() {
+    let mut s = Server::start(&["--fail-worker-after", "2s"]).await;
+    let health = format!("http://{}/healthz", s.http);
+    assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
+    let mut c = s.login("alice").await;
+    let (closed, _) = c.closed().await;
+    assert_eq!(
+        closed,
+        Closed::Code(1011),
+        "sessions are told the server failed"
+    );
+    let r = reqwest::get(&health).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("media worker 0 panicked"),
+        "{body}"
+    );
+    assert_eq!(s.metric("sfu_healthy").await, 0.0);
+    assert_eq!(
+        s.metric("sfu_component_failures_total{component=\"worker\"}")
+            .await,
+        1.0
+    );
+    let code = s.exit_code().await;
+    assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
+}

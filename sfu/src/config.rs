@@ -212,6 +212,12 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub fail_driver_after: Option<Dur>,
 
+    /// Test hook (with --dev only): media worker 0 panics after this long (outside any call's
+    /// media session), to exercise supervision of the workers.
+    #[arg(long, hide = true, value_name = "DURATION")]
+    #[serde(skip)]
+    pub fail_worker_after: Option<Dur>,
+
     /// Test hook (with --dev only): the media session of this user panics inside str0m right
     /// after each of their offers, to show that only that session fails.
     #[arg(long, hide = true, value_name = "USER")]
@@ -263,6 +269,7 @@ pub struct ServeConfig {
     pub max_sockets: usize,
     pub media_limits: crate::media::MediaLimits,
     pub fail_driver_after: Option<Duration>,
+    pub fail_worker_after: Option<Duration>,
     pub panic_media_of: Option<String>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -397,8 +404,14 @@ impl ServeArgs {
         if !(1..=100).contains(&max_calls_per_user) {
             bail!("--max-calls-per-user must be between 1 and 100");
         }
-        if (self.fail_driver_after.is_some() || self.panic_media_of.is_some()) && !self.dev {
-            bail!("--fail-driver-after and --panic-media-of are test hooks: only with --dev");
+        if (self.fail_driver_after.is_some()
+            || self.fail_worker_after.is_some()
+            || self.panic_media_of.is_some())
+            && !self.dev
+        {
+            bail!(
+                "--fail-driver-after, --fail-worker-after and --panic-media-of are test hooks: only with --dev"
+            );
         }
         let login_timeout = self.login_timeout.map_or(Duration::from_secs(10), |d| d.0);
         if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&login_timeout) {
@@ -432,6 +445,7 @@ impl ServeArgs {
             max_sockets_per_ip,
             media_limits,
             fail_driver_after: self.fail_driver_after.map(|d| d.0),
+            fail_worker_after: self.fail_worker_after.map(|d| d.0),
             panic_media_of: self.panic_media_of.clone(),
             dev: self.dev,
             http,

@@ -55,6 +55,7 @@ impl ServeArgs {
             max_peer_packet_rate: self.max_peer_packet_rate.or(file.max_peer_packet_rate),
             opus_decode_budget: self.opus_decode_budget.or(file.opus_decode_budget),
             fail_driver_after: self.fail_driver_after,
+            fail_worker_after: self.fail_worker_after,
             panic_media_of: self.panic_media_of,
             log_format: self.log_format.or(file.log_format),
             log_level: self.log_level.or(file.log_level),

@@ -164,6 +164,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 shutdown: shutdown_rx.clone(),
                 health: health.clone(),
                 panic_media_of: cfg.panic_media_of.clone(),
+                fail_after: cfg.fail_worker_after.filter(|_| index == 0),
             },
         )?;
         workers.push(handle);

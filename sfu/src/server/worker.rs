@@ -33,6 +33,8 @@ pub(crate) struct Links {
     pub health: Arc<super::health::Health>,
     /// Test hook (`--panic-media-of`, dev only).
     pub panic_media_of: Option<String>,
+    /// Test hook (`--fail-worker-after`, dev only): the thread panics after this long.
+    pub fail_after: Option<Duration>,
 }
 
 /// Binds the socket of Worker `index` and starts its thread.
@@ -49,6 +51,7 @@ pub(crate) fn spawn(
         shutdown,
         health,
         panic_media_of,
+        fail_after,
     } = links;
     let socket = StdUdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
@@ -81,7 +84,11 @@ pub(crate) fn spawn(
                         latency: None,
                         panic_media_of,
                     }
-                    .run(rx, shutdown)
+                    .run(
+                        rx,
+                        shutdown,
+                        fail_after.map(|d| std::time::Instant::now() + d),
+                    )
                     .await;
                     Ok::<(), String>(())
                 })
@@ -111,7 +118,12 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+        fail_at: Option<std::time::Instant>,
+    ) {
         self.latency = Some(self.metrics.forwarding_latency_seconds.local());
         let mut buf = vec![0u8; 2048];
         let mut flush = interval(Duration::from_secs(1));
@@ -143,6 +155,8 @@ impl Worker {
                 }
                 _ = flush.tick() => self.flush(),
                 _ = super::stopped(&mut shutdown) => break,
+                // Test hook (--dev only): die as a worker hit by a bug outside the core would.
+                _ = sleep_until(fail_at) => panic!("test hook --fail-worker-after"),
             }
         }
         self.flush();
