@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod media;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -323,6 +325,14 @@ impl Client {
                 continue;
             }
             assert_eq!(v["jsonrpc"], "2.0");
+            // The response to an earlier request sent without waiting (`send_request`) is
+            // queued for whoever reads the notifications.
+            if let (Some(got), Some(want)) = (v["id"].as_u64(), id.as_u64())
+                && got < want
+            {
+                self.queue.push_back(v);
+                continue;
+            }
             assert_eq!(v["id"], id, "response to another request: {v}");
             return match v.get("error") {
                 Some(e) => Err(e.clone()),
