@@ -214,3 +214,68 @@ async fn valid_stun_from_1000_spoofed_sources_is_answered_7_times_at_most() {
     }
     assert!(n >= 993.0, "{refused} {n}");
 }
+
+/// One 120 ms Opus frame of a loud tone: the costliest thing to decode per packet.
+fn opus_120ms() -> Vec<u8> {
+    let mut enc =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let pcm: Vec<i16> = (0..5760)
+        .map(|i| ((i as f32 * 0.07).sin() * 12_000.0) as i16)
+        .collect();
+    enc.encode_vec(&pcm, 4000).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_without_audio_level_at_2000_packets_per_second_stays_in_its_budget() {
+    let s = Server::start(&[]).await;
+    let mut mallory = s.login("mallory").await;
+    let mut eve = s.login("eve").await;
+    let evil = connected_call(&mut mallory, &mut eve, "audio").await;
+    // Calls go to the least loaded of the 2 workers: with one more call in between, the
+    // bystanders' call shares mallory's worker.
+    let (mut carol, mut dave) = (s.login("carol").await, s.login("dave").await);
+    connected_call(&mut carol, &mut dave, "audio").await;
+    let mut mallory = Media::new(mallory, &evil, 7).await;
+    mallory.opus = Some(opus_120ms());
+    let (_never, mut idle) = watch::channel(false);
+    mallory.offer().await;
+    let bystanders = two(
+        &s,
+        vec![Step::Offer, talk(Duration::from_secs(4))],
+        vec![Step::Offer, talk(Duration::from_secs(4))],
+    );
+    // 40 packets of 120 ms every 20 ms: 2,000 packets and 240 s of audio per second.
+    let flood = mallory.send(40, Until::For(Duration::from_secs(5)), &mut idle);
+    let ((a, b), ()) = tokio::join!(bystanders, flood);
+    assert!(mallory.n > 5_000, "mallory sent {}", mallory.n);
+    assert!(
+        a.got.len() > 150 && b.got.len() > 150,
+        "{} {}",
+        a.got.len(),
+        b.got.len()
+    );
+    assert_eq!(a.gaps + b.gaps, 0, "the neighbours lost nothing");
+    // At most 1.2 s of audio decoded per second (10 of these frames a second, after a first
+    // burst of 10; about 65 in all): every other packet of mallory's that reached the server
+    // skipped decoding. (Charged by the RTP timestamp step, which mallory sets to 20 ms, the
+    // server decoded 367.)
+    // What the bystanders got from each other was all of theirs (no gap), so the rest of the
+    // audio that came in is mallory's.
+    let skipped = "sfu_media_limits_hit_total{limit=\"opus_decode\"}";
+    let audio_in = "sfu_rtp_packets_total{direction=\"in\",kind=\"audio\"}";
+    let bystanders = (a.got.len() + b.got.len()) as f64;
+    let mut decoded = f64::MAX;
+    for _ in 0..40 {
+        let from_mallory = s.metric(audio_in).await - bystanders;
+        decoded = from_mallory - s.metric(skipped).await;
+        if from_mallory > 5_000.0 && decoded <= 100.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        decoded <= 100.0,
+        "{decoded} of mallory's {} packets decoded",
+        mallory.n
+    );
+}

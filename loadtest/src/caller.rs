@@ -218,7 +218,6 @@ pub async fn run(shared: Arc<Shared>, plan: Plan) -> CallerResult {
     };
     if let Err(e) = run_inner(&shared, &plan, &mut r).await {
         let kind = e.to_string();
-        let kind = kind.split(':').next().unwrap_or("error").to_string();
         // A caller that should have heard someone and gave up did not verify: a failure.
         if !plan.expected.is_empty() && r.heard_speakers_in_volume.is_none() {
             r.verification_failures
@@ -579,7 +578,15 @@ async fn media(
             } else {
                 r.reoffers += 1;
             }
-            (rtc, socket, local, audio_mid, video_mid) = open_leg(shared, sig, call_id).await?;
+            match open_leg(shared, sig, call_id).await {
+                Ok(leg) => (rtc, socket, local, audio_mid, video_mid) = leg,
+                // The others hung up meanwhile: the call's end refused the offer.
+                Err(_) if sig.queue.iter().any(|n| n["method"] == "call_end") => {
+                    ended = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             retired.extend(streams.drain().map(|(_, s)| s));
             legs += 1;
             leg_deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -275,7 +275,15 @@ mod tests {
         assert_eq!((0..10).filter_map(|i| kill_for(i, 0.0)).count(), 0);
         assert_eq!((0..10).filter_map(|i| kill_for(i, 1.0)).count(), 10);
         let args = Args::parse_from([
-            "loadtest", "--scenario", "group", "--calls", "2", "--group-size", "3", "--kill", "1",
+            "loadtest",
+            "--scenario",
+            "group",
+            "--calls",
+            "2",
+            "--group-size",
+            "3",
+            "--kill",
+            "1",
         ]);
         let p = plan(&args).unwrap();
         // The last member of each room, never its caller.

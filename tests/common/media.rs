@@ -68,6 +68,8 @@ pub struct Media {
     pub mid: Option<Mid>,
     pub n: u64,
     pub seen: Seen,
+    /// Sent instead of numbered payloads, without the audio-level extension, when set.
+    pub opus: Option<Vec<u8>>,
 }
 
 impl Media {
@@ -83,6 +85,7 @@ impl Media {
             mid: None,
             n: 0,
             seen: Seen::default(),
+            opus: None,
         }
     }
 
@@ -262,13 +265,20 @@ impl Media {
                 .pt();
             for _ in 0..per_tick {
                 self.n += 1;
-                let mut payload = vec![self.index, 0];
-                payload.extend_from_slice(&self.n.to_be_bytes());
-                payload.resize(40, 0);
-                let ext = ExtensionValues {
-                    audio_level: Some(-30),
-                    voice_activity: Some(true),
-                    ..Default::default()
+                let (payload, ext) = match &self.opus {
+                    // Real Opus and no audio level: the server decodes to learn the volume.
+                    Some(frame) => (frame.clone(), ExtensionValues::default()),
+                    None => {
+                        let mut payload = vec![self.index, 0];
+                        payload.extend_from_slice(&self.n.to_be_bytes());
+                        payload.resize(40, 0);
+                        let ext = ExtensionValues {
+                            audio_level: Some(-30),
+                            voice_activity: Some(true),
+                            ..Default::default()
+                        };
+                        (payload, ext)
+                    }
                 };
                 if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.write_rtp(

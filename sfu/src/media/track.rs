@@ -13,6 +13,9 @@ use str0m::rtp::{RtpPacket, Ssrc};
 
 use super::keyframe::KeyframeThrottle;
 use super::level::{DECODE_AFTER, OpusLevel};
+
+/// Seconds charged to the decode budget for a packet at least: Opus's shortest frame.
+const MIN_DECODE_CHARGE: f64 = 0.0025;
 use crate::limits::TokenBucket;
 
 /// The facts of one received packet the Track books.
@@ -145,12 +148,7 @@ impl Track {
     /// publisher that does not send it, within the decode budget (`Err(level)` when the budget
     /// is spent: the last measured level stands in).
     #[inline]
-    pub fn audio_level(
-        &mut self,
-        pkt: &RtpPacket,
-        duration: Duration,
-        now: Instant,
-    ) -> Result<Option<u8>, Option<u8>> {
+    pub fn audio_level(&mut self, pkt: &RtpPacket, now: Instant) -> Result<Option<u8>, Option<u8>> {
         if let Some(l) = pkt.header.ext_vals.audio_level {
             self.no_level_ext = 0;
             self.meter = None;
@@ -160,7 +158,9 @@ impl Track {
         if self.no_level_ext < DECODE_AFTER {
             return Ok(None);
         }
-        if !self.decode.take_n(now, duration.as_secs_f64()) {
+        // Charged by the audio the packet holds (its TOC), not by the RTP timestamp step,
+        // which the sender chooses: a step of 0 must not make decoding free.
+        if !self.decode.take_n(now, decode_charge(&pkt.payload)) {
             return Err(self.last_level);
         }
         if self.meter.is_none() {
@@ -205,9 +205,33 @@ pub fn clock_rate(kind: MediaKind) -> u32 {
     }
 }
 
+/// Seconds of audio an Opus packet holds, by its TOC (at least [`MIN_DECODE_CHARGE`]).
+fn decode_charge(payload: &[u8]) -> f64 {
+    opus::packet::get_nb_samples(payload, 48_000)
+        .map_or(MIN_DECODE_CHARGE, |n| n as f64 / 48_000.0)
+        .max(MIN_DECODE_CHARGE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_is_charged_by_the_audio_a_packet_holds() {
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        for ms in [20usize, 60, 120] {
+            let frame = enc.encode_vec(&vec![1000i16; 48 * ms], 4000).unwrap();
+            let charged = decode_charge(&frame);
+            assert!(
+                (charged - ms as f64 / 1000.0).abs() < 1e-9,
+                "{ms} ms: {charged}"
+            );
+        }
+        // Garbage decodes to nothing but still costs the shortest frame.
+        assert_eq!(decode_charge(&[]), MIN_DECODE_CHARGE);
+        assert_eq!(decode_charge(&[0xff, 0xff, 0xff]), MIN_DECODE_CHARGE);
+    }
 
     fn pkt(ssrc: u32, seq: u64, rtp_ts: u32, at: Instant) -> Arrival {
         Arrival {

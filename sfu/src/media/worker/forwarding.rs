@@ -145,7 +145,7 @@ impl MediaCore {
         let received = track.on_packet(Arrival::of(pkt), now);
         let withheld = publisher.state.held || publisher.state.muted(kind);
         let level = match kind {
-            MediaKind::Audio if !withheld => match track.audio_level(pkt, received.duration, now) {
+            MediaKind::Audio if !withheld => match track.audio_level(pkt, now) {
                 Ok(level) => level,
                 Err(last) => {
                     self.counters.decodes_skipped += 1;
