@@ -1246,6 +1246,44 @@ fn requests_on_unknown_sockets_are_refused() {
 // ---- media commands ----
 
 #[test]
+fn an_offer_the_worker_cannot_take_is_answered_with_an_internal_error() {
+    // The driver's path when the Worker's command queue is full (or the Worker gone).
+    let mut h = H::new();
+    for u in ["alice", "bob"] {
+        h.login(u);
+    }
+    let id = h.call("alice", &["bob"], json!({}));
+    h.ok("bob", Method::Accept, &id);
+    h.media.clear();
+    let bob = h.conn_of["bob"];
+    h.model.request(
+        h.now,
+        bob,
+        json!(5),
+        Method::Offer,
+        json!({"call_id": id, "sdp": "v=0 offer"}),
+    );
+    h.drain();
+    let [cmd] = &h.media[..] else {
+        panic!("one offer command: {:?}", h.media);
+    };
+    let cmd = cmd.clone();
+    h.model.media_undelivered(&cmd);
+    assert_eq!(h.response(bob, 5), Err(5000));
+    // Once only: a late reply for that ticket is ignored.
+    h.model.media_undelivered(&cmd);
+    h.drain();
+    assert!(h.responses.is_empty());
+    // A command without a request behind it (a mute) answers nobody.
+    h.model.media_undelivered(&MediaCommand::Leave {
+        call_id: id.clone(),
+        user: "bob".into(),
+    });
+    h.drain();
+    assert!(h.responses.is_empty());
+}
+
+#[test]
 fn media_requests_go_to_the_worker_and_back() {
     let mut h = H::new();
     for u in ["alice", "bob", "carol"] {
