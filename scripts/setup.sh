@@ -18,6 +18,9 @@ if [ "$mode" != build ]; then
   # The browser demo test: Debian's Chromium, and Node.js for playwright-core.
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+  # scripts/bench.sh reads /metrics and the loadtest's JSON report.
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 fi
 # System CA certificates for HTTPS push webhooks.
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
