@@ -9,7 +9,8 @@
 # quarter of the run, at least two waves: the allocator's arenas fill in the first waves),
 # sessions, calls and peers are back to 0, the log has no panic, the server is healthy.
 # SOAK_PROFILE=debug uses debug binaries (the suite's 60-s run, tests/soak.rs); the default is
-# release. SOAK_CALLS sets the 1v1 calls per wave (default 6; plus 2 groups of 4).
+# release. SOAK_CALLS sets the 1v1 calls per wave (default 6; plus 2 groups of 4);
+# SOAK_SFU_ARGS adds server flags (e.g. `--call-records 10`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +42,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck disable=SC2086
 "$bin/sfu" serve --dev --http 127.0.0.1:0 --metrics 127.0.0.1:0 --udp-port 0 --workers 2 \
-  --log-format json --reconnect-grace "${grace}s" --quality-interval 2s 2>"$work/sfu.log" &
+  --log-format json --reconnect-grace "${grace}s" --quality-interval 2s ${SOAK_SFU_ARGS:-} \
+  2>"$work/sfu.log" &
 sfu_pid=$!
 for _ in $(seq 100); do
   grep -q '"sfu listening"' "$work/sfu.log" 2>/dev/null && break
