@@ -165,6 +165,8 @@ pub struct World {
     pub rng: Rng,
     pub next_audio: Instant,
     pub next_video: Instant,
+    /// Times the loop woke for the server's timer alone (no packet or media due then).
+    pub server_wakes: u64,
 }
 
 impl World {
@@ -196,6 +198,7 @@ impl World {
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             next_audio: now,
             next_video: now,
+            server_wakes: 0,
         }
     }
 
@@ -570,13 +573,18 @@ impl World {
             if let Some(Reverse(p)) = self.net.peek() {
                 next = next.min(p.at);
             }
-            if let Some(t) = self.server.poll_timeout() {
-                next = next.min(t);
+            let mut timer_only = false;
+            if let Some(t) = self.server.poll_timeout()
+                && t < next
+            {
+                next = t;
+                timer_only = true;
             }
             next = next.max(self.now);
             if next > end {
                 break;
             }
+            self.server_wakes += u64::from(timer_only);
             self.now = next;
             while self.net.peek().is_some_and(|Reverse(p)| p.at <= self.now) {
                 let Reverse(p) = self.net.pop().unwrap();

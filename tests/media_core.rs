@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sfu::media::{Command, MemberMedia};
+use sfu::media::{Command, MediaConfig, MediaEvent, MemberMedia};
 use sfu_suite::netsim::{CALL, World, assert_exact_mesh, measured_call, server_addr};
 use str0m::media::{KeyframeRequestKind, MediaKind};
 
@@ -274,4 +274,33 @@ fn an_audio_call_forwards_no_video_even_if_offered() {
         );
     }
     assert_eq!(w.server.counters().rtp_out_packets[1], 0);
+}
+
+#[test]
+fn timer_deadlines_ride_the_tick_and_none_is_missed() {
+    let run = |tick: Duration| {
+        let mut w = World::with_config(MediaConfig {
+            tick,
+            ..MediaConfig::new(server_addr())
+        });
+        let media = [MediaKind::Audio, MediaKind::Video];
+        let (b, a) = measured_call(&mut w, &["alice", "bob", "carol", "dave"], &media, 10);
+        assert_exact_mesh(&b, &a, 4, &media);
+        let reports = w
+            .notices
+            .iter()
+            .filter(|(_, e)| matches!(e, MediaEvent::Quality { .. }))
+            .count();
+        (w.server_wakes, reports)
+    };
+    let (exact_wakes, exact_reports) = run(Duration::ZERO);
+    let (tick_wakes, tick_reports) = run(Duration::from_millis(10));
+    assert!(
+        tick_wakes * 2 < exact_wakes,
+        "{exact_wakes} -> {tick_wakes}"
+    );
+    assert_eq!(
+        tick_reports, exact_reports,
+        "every periodic report still comes"
+    );
 }

@@ -78,6 +78,21 @@ fn bad_values_are_explained() {
         ..Default::default()
     };
     assert!(hook.resolve().is_err());
+    let tick = |ms| ServeArgs {
+        dev: true,
+        media_tick: Some(Dur(Duration::from_millis(ms))),
+        ..Default::default()
+    };
+    assert!(tick(60).resolve().is_err(), "a tick over 50ms is refused");
+    assert_eq!(tick(0).resolve().unwrap().media_tick, Duration::ZERO);
+    let default = ServeArgs {
+        dev: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        default.resolve().unwrap().media_tick,
+        Duration::from_millis(10)
+    );
 }
 
 #[test]

@@ -27,9 +27,10 @@ pub mod room;
 pub mod router;
 pub mod seq;
 pub mod subscription;
+pub mod tick;
 pub mod track;
 pub mod worker;
 
 pub use command::{Command, MemberMedia, Ticket};
 pub use event::{Failure, Leg, MediaError, MediaEvent, QualityReport};
-pub use worker::{MediaConfig, MediaCore, MediaCounters, MediaLimits};
+pub use worker::{DEFAULT_TICK, MediaConfig, MediaCore, MediaCounters, MediaLimits};

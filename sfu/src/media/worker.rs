@@ -28,6 +28,8 @@ use super::subscription::SubId;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A Peer's source address silent this long may make room for a new one.
 pub const ADDRESS_IDLE: Duration = Duration::from_secs(2);
+/// The default [`MediaConfig::tick`].
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 /// Largest SDP we look at.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
@@ -72,6 +74,9 @@ pub struct MediaConfig {
     /// How often `volume` is reported per call (and availability checked).
     pub volume_interval: Duration,
     pub limits: MediaLimits,
+    /// Timer deadlines are served on a grid of this step (zero: each at its instant); see
+    /// [`super::tick`] for why the default is safe.
+    pub tick: Duration,
 }
 
 impl MediaConfig {
@@ -81,6 +86,7 @@ impl MediaConfig {
             quality_interval: Duration::from_secs(5),
             volume_interval: Duration::from_millis(300),
             limits: MediaLimits::default(),
+            tick: DEFAULT_TICK,
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct MediaCore {
     scratch: Vec<(PeerId, SubId)>,
     next_volume: Option<Instant>,
     next_quality: Option<Instant>,
+    /// Anchor of the tick grid: the first command's instant.
+    epoch: Option<Instant>,
 }
 
 impl MediaCore {
@@ -159,6 +167,7 @@ impl MediaCore {
             scratch: Vec::new(),
             next_volume: None,
             next_quality: None,
+            epoch: None,
         }
     }
 
@@ -166,12 +175,19 @@ impl MediaCore {
         self.out.pop_front()
     }
 
+    /// When to call [`MediaCore::handle_timeout`] next: the earliest deadline, rounded up to
+    /// the tick grid.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.timers.peek().map(|Reverse((t, _))| *t);
-        [peers, self.next_volume, self.next_quality]
+        let at = [peers, self.next_volume, self.next_quality]
             .into_iter()
             .flatten()
-            .min()
+            .min()?;
+        Some(super::tick::round_up(
+            at,
+            self.epoch.unwrap_or(at),
+            self.cfg.tick,
+        ))
     }
 
     pub fn counters(&self) -> &MediaCounters {
@@ -200,6 +216,7 @@ impl MediaCore {
     // ---- inputs ----
 
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.epoch.get_or_insert(now);
         match cmd {
             Command::Offer {
                 call_id,

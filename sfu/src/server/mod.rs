@@ -155,6 +155,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             crate::media::MediaConfig {
                 quality_interval: cfg.quality_interval,
                 volume_interval: cfg.volume_interval,
+                tick: cfg.media_tick,
                 limits: cfg.media_limits,
                 ..crate::media::MediaConfig::new(bind)
             },
