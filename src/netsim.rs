@@ -73,6 +73,8 @@ pub struct Client {
     pub burst: u32,
     /// The server's last answer to this client's offer.
     pub answer_sdp: Option<String>,
+    /// m-lines in the server's last offer to this client (its whole session).
+    pub offer_mlines: usize,
 }
 
 impl Client {
@@ -107,6 +109,7 @@ impl Client {
             max_jump: 0,
             burst: 1,
             answer_sdp: None,
+            offer_mlines: 0,
         }
     }
 
@@ -428,6 +431,7 @@ impl World {
                         .iter()
                         .position(|c| c.name == user)
                         .expect("offer for a known client");
+                    self.clients[i].offer_mlines = sdp.matches("\nm=").count();
                     let answer = self.client_answers(i, &sdp);
                     self.next_ticket += 1;
                     let ticket = self.next_ticket;

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sfu::media::{Command, MediaConfig, MediaLimits, MemberMedia};
+use sfu::media::worker::COMPACT_AFTER;
+use sfu::media::{Command, MediaConfig, MediaEvent, MediaLimits, MemberMedia};
 use sfu_suite::netsim::{CALL, Client, World, server_addr};
 use str0m::ice::{StunMessage, TransId};
 use str0m::media::{Direction, MediaKind};
@@ -196,4 +197,56 @@ fn opus_decoding_stays_within_its_budget() {
     let skipped = w.server.counters().decodes_skipped;
     assert!(skipped > 1_500, "{skipped}");
     still_talking(&mut w, before);
+}
+
+#[test]
+fn genuine_churn_never_grows_a_members_session_without_bound() {
+    // Guests join and leave 100 times beside alice and bob. Each departure stops an m-line in
+    // their sessions (str0m never recycles one in our offers); at COMPACT_AFTER stopped ones
+    // the server asks them for a new offer, which starts a session with the live tracks only.
+    let mut w = World::new();
+    w.join_call("alice", &AUDIO, false);
+    w.join_call("bob", &AUDIO, false);
+    w.run(Duration::from_secs(2));
+    let mut asked = Vec::new();
+    let mut most = 0;
+    for round in 0..100 {
+        let g = w.join_call(&format!("guest{round}"), &AUDIO, false);
+        w.run(Duration::from_millis(500));
+        w.leave(g);
+        w.run(Duration::from_millis(300));
+        most = most.max(w.clients[0].offer_mlines);
+        let users: Vec<String> = w
+            .notices
+            .drain(..)
+            .filter_map(|(_, e)| match e {
+                MediaEvent::Reoffer { user, .. } => Some(user),
+                _ => None,
+            })
+            .collect();
+        for user in users {
+            // What a client does when asked (docs/protocol.md, `reoffer`).
+            let i = w.clients.iter().position(|c| c.name == user).unwrap();
+            w.reconnect(i, &AUDIO, false);
+            w.run(Duration::from_millis(500));
+            asked.push(user);
+        }
+    }
+    let of = |u: &str| asked.iter().filter(|a| *a == u).count();
+    assert!(of("alice") >= 5 && of("bob") >= 5, "{asked:?}");
+    assert!(
+        asked.iter().all(|a| a == "alice" || a == "bob"),
+        "{asked:?}"
+    );
+    // Own send m-line + bob's track + the guest of the moment + the stopped ones before the ask.
+    let bound = 3 + COMPACT_AFTER as usize + 1;
+    assert!(most <= bound, "alice's session grew to {most} m-lines");
+    // Still talking to each other after all that.
+    let before = w.snapshot();
+    w.run(Duration::from_secs(1));
+    let after = w.snapshot();
+    for (a, b) in [(0, 1), (1, 0)] {
+        let heard = after.got(a, b, MediaKind::Audio) - before.got(a, b, MediaKind::Audio);
+        assert!(heard > 40, "{a} heard {heard} of {b}'s packets");
+    }
 }

@@ -376,6 +376,7 @@ async fn media(
     let mut reconnect = Every::new(shared.reconnect_every);
     let mut reoffer = Every::new(shared.reoffer_every);
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut asked = false;
 
     // str0m's single-mutation rule: after every mutation, poll until `Timeout`. Every
     // mutation below is followed by `drain!()`, which evaluates to str0m's next deadline.
@@ -537,6 +538,8 @@ async fn media(
                         }
                     }
                     Some("call_end") => ended = true,
+                    // The server asks for a fresh session (its m-lines compacted).
+                    Some("reoffer") => asked = true,
                     None if frame.get("error").is_some() => {
                         r.errors.push(format!("signaling error {}", frame["error"]["code"]));
                     }
@@ -569,7 +572,7 @@ async fn media(
             return Ok(Ending::Killed);
         }
         let reconnecting = rtc.is_connected() && reconnect.due(now);
-        if reconnecting || (rtc.is_connected() && reoffer.due(now)) {
+        if reconnecting || std::mem::take(&mut asked) || (rtc.is_connected() && reoffer.due(now)) {
             if reconnecting {
                 // The old socket is dropped unclosed, as a lost network leaves it.
                 *sig = Signal::connect(&shared.url).await?;

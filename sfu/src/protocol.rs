@@ -341,6 +341,12 @@ pub enum Notification {
         call_id: String,
         reason: String,
     },
+    /// The server asks for a new `offer` for the call (a fresh media session, as after a
+    /// reconnect); `reason` is `compact`: the session holds many stopped m-lines.
+    Reoffer {
+        call_id: String,
+        reason: String,
+    },
     SessionReplaced {},
 }
 

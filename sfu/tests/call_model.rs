@@ -1367,6 +1367,19 @@ fn media_requests_go_to_the_worker_and_back() {
         "bob",
         &[("media_failed", json!({"call_id": id, "reason": "dtls"}))],
     );
+    // A session full of stopped m-lines: its joined member is asked for a new offer.
+    for user in ["bob", "carol"] {
+        h.model.media_event(MediaEvent::Reoffer {
+            call_id: id.clone(),
+            user: user.into(),
+        });
+    }
+    h.drain();
+    h.expect(
+        "bob",
+        &[("reoffer", json!({"call_id": id, "reason": "compact"}))],
+    );
+    h.quiet(&["carol"]);
     // Candidates pass on; hold and mute carry the member's whole state.
     h.media.clear();
     h.req(

@@ -103,4 +103,8 @@ pub enum MediaEvent {
         user: String,
         failure: Failure,
     },
+    /// `user`'s session holds [`super::worker::COMPACT_AFTER`] stopped m-lines (str0m never
+    /// recycles them in our offers): a new offer from the member starts a session with only
+    /// the tracks alive now. Sent once per Peer; forwarding goes on meanwhile.
+    Reoffer { call_id: String, user: String },
 }

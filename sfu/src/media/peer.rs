@@ -109,6 +109,10 @@ pub struct Peer {
     pub rate: TokenBucket,
     /// Trickled remote candidates taken so far.
     pub candidates: usize,
+    /// m-lines of ours stopped in this session (they stay, at port 0), and whether a new
+    /// offer was asked for because of them.
+    stopped_mlines: u32,
+    reoffer_asked: bool,
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
@@ -173,6 +177,8 @@ impl Peer {
             inject_panic: false,
             rate: TokenBucket::new(2000.0, 2000.0, now),
             candidates: 0,
+            stopped_mlines: 0,
+            reoffer_asked: false,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
         };
@@ -370,6 +376,12 @@ impl Peer {
             rtc.sdp_api().accept_answer(pending, answer)
         })? {
             Ok(()) => {
+                let stopped = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| matches!(s.state, SubState::NegotiatingStop(_)))
+                    .count();
+                self.stopped_mlines += stopped as u32;
                 let opened = self
                     .subs
                     .iter()
@@ -407,6 +419,16 @@ impl Peer {
         for id in gone {
             self.subs.remove(id);
         }
+    }
+
+    /// Whether to ask the member for a new offer because its session holds `limit` stopped
+    /// m-lines: true once per Peer.
+    pub fn wants_fresh_session(&mut self, limit: u32) -> bool {
+        if self.stopped_mlines < limit || self.reoffer_asked {
+            return false;
+        }
+        self.reoffer_asked = true;
+        true
     }
 
     /// Closes the connection (no output: the Peer is being dropped).

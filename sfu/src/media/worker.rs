@@ -28,6 +28,10 @@ use super::subscription::SubId;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A Peer's source address silent this long may make room for a new one.
 pub const ADDRESS_IDLE: Duration = Duration::from_secs(2);
+/// Stopped m-lines in a member's session after which we ask for a new offer
+/// ([`MediaEvent::Reoffer`]), so their SDP size follows the tracks alive now, not the call's
+/// history (each stopped m-line keeps about 300 bytes of SDP; 64 KiB holds about 200).
+pub const COMPACT_AFTER: u32 = 16;
 /// The default [`MediaConfig::tick`].
 pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 /// Largest SDP we look at.

@@ -140,6 +140,13 @@ impl MediaCore {
             Ok(Err(e)) => self.reply(ticket, Err(e)),
             Ok(Ok(opened)) => {
                 self.reply(ticket, Ok(None));
+                if let Some(p) = slot_peer(&mut self.slots, id)
+                    && p.wants_fresh_session(super::COMPACT_AFTER)
+                {
+                    let (call_id, user) = (p.call_id.clone(), p.user.clone());
+                    self.out
+                        .push_back(crate::media::MediaEvent::Reoffer { call_id, user });
+                }
                 // A new subscriber needs a keyframe to start decoding.
                 for (source, mid) in opened {
                     self.request_keyframe(now, source, mid, KeyframeRequestKind::Pli);

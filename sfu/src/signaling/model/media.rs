@@ -243,6 +243,12 @@ impl CallModel {
                     self.notify(&user, Notification::MediaFailed { call_id, reason });
                 }
             }
+            MediaEvent::Reoffer { call_id, user } => {
+                if self.joined(&call_id, &user).is_some() {
+                    let reason = "compact".to_string();
+                    self.notify(&user, Notification::Reoffer { call_id, reason });
+                }
+            }
         }
     }
 
