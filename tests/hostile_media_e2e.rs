@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::media::{Media, Step, Until, talk, two};
 use common::{Client, Server, connected_call};
-use serde_json::json;
+use serde_json::{Value, json};
 use str0m::ice::{StunMessage, TransId};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -278,4 +278,83 @@ async fn a_publisher_without_audio_level_at_2000_packets_per_second_stays_in_its
         "{decoded} of mallory's {} packets decoded",
         mallory.n
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_session_filled_with_stopped_m_lines_is_asked_to_reoffer() {
+    let s = Server::start(&["--max-requests-per-sec", "1000"]).await;
+    // host (signaling only) calls alice and bob into a group call, then invites 18 guests who
+    // each connect, talk briefly and hang up: 18 m-lines stopped in alice's session.
+    let mut host = s.login("host").await;
+    let mut a = s.login("alice").await;
+    let mut b = s.login("bob").await;
+    let r = host
+        .request(
+            "call",
+            json!({"to": ["alice", "bob"], "media": "audio", "group": true}),
+        )
+        .await
+        .unwrap();
+    let call_id = r["call_id"].as_str().unwrap().to_string();
+    for c in [&mut a, &mut b] {
+        c.expect("invited").await;
+        c.request("accept", json!({ "call_id": call_id }))
+            .await
+            .unwrap();
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    let member = |ws, index| {
+        let stop = stop.clone();
+        let call_id = call_id.clone();
+        async move {
+            let media = Media::new(ws, &call_id, index).await;
+            let steps = vec![
+                Step::Offer,
+                Step::Send {
+                    per_tick: 1,
+                    until: Until::Peer(Duration::from_millis(500)),
+                },
+            ];
+            let (done, _) = watch::channel(false);
+            media.run(steps, done, stop).await
+        }
+    };
+    let alice = tokio::spawn(member(a, 0));
+    let bob = tokio::spawn(member(b, 1));
+    let (_never, mut idle) = watch::channel(false);
+    for g in 0..18u8 {
+        let name = format!("guest{g}");
+        let mut ws = s.login(&name).await;
+        host.request("invite", json!({"call_id": call_id, "to": [name]}))
+            .await
+            .unwrap();
+        ws.expect("invited").await;
+        ws.request("accept", json!({ "call_id": call_id }))
+            .await
+            .unwrap();
+        let mut guest = Media::new(ws, &call_id, 2).await;
+        guest.offer().await;
+        guest.send(1, Until::Packets(10), &mut idle).await;
+        guest
+            .ws
+            .request("hangup", json!({ "call_id": call_id }))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send(true).unwrap();
+    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    for (name, seen) in [("alice", &alice), ("bob", &bob)] {
+        let asks: Vec<&Value> = seen
+            .notices
+            .iter()
+            .filter(|n| n["method"] == "reoffer")
+            .collect();
+        assert_eq!(asks.len(), 1, "{name}: {asks:?}");
+        assert_eq!(
+            asks[0]["params"],
+            json!({"call_id": call_id, "reason": "compact"})
+        );
+        assert!(seen.from[2] > 0, "{name} heard the guests");
+    }
 }
