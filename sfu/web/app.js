@@ -119,6 +119,18 @@ async function startMedia() {
   const local = await navigator.mediaDevices.getUserMedia({ audio: true, video });
   call.local = local;
   $("local-video").srcObject = local;
+  await connectMedia();
+}
+
+// A new media session with the same local tracks: the first one, and again when the server
+// asks (`reoffer`) or the session failed (`media_failed`).
+async function connectMedia() {
+  const call = state.call;
+  const local = call.local;
+  call.pc?.close();
+  for (const t of state.tiles.values()) {
+    if (t.stream) t.stream.getTracks().forEach((tr) => t.stream.removeTrack(tr));
+  }
   const pc = new RTCPeerConnection({ iceServers: [] });
   call.pc = pc;
   for (const track of local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
@@ -135,8 +147,14 @@ async function startMedia() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
-  const { sdp } = await state.sig.request("offer", { call_id: call.id, sdp: pc.localDescription.sdp });
-  await pc.setRemoteDescription({ type: "answer", sdp });
+  // Server offers that arrive before our offer's answer were for the session it replaces.
+  call.offering = true;
+  try {
+    const { sdp } = await state.sig.request("offer", { call_id: call.id, sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp });
+  } finally {
+    call.offering = false;
+  }
 }
 
 function iceGathered(pc) {
@@ -150,7 +168,7 @@ function iceGathered(pc) {
 
 async function onServerOffer(sdp) {
   const pc = state.call?.pc;
-  if (!pc) return;
+  if (!pc || state.call.offering) return;
   await pc.setRemoteDescription({ type: "offer", sdp });
   await pc.setLocalDescription(await pc.createAnswer());
   await state.sig.request("answer", { call_id: state.call.id, sdp: pc.localDescription.sdp });
@@ -331,6 +349,12 @@ function onNotify(method, p) {
       break;
     case "offer":
       onServerOffer(p.sdp).catch((err) => status(`Renegotiation failed: ${err.message}`));
+      break;
+    case "reoffer":
+    case "media_failed":
+      if (call?.id === p.call_id && call.local) {
+        connectMedia().catch((err) => status(`Media restart failed: ${err.message}`));
+      }
       break;
     case "volume": {
       const levels = new Map(p.volumes.map((v) => [v.user, v.volume]));
