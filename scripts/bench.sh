@@ -41,8 +41,9 @@ for load in "${loads[@]}"; do
     *) echo "bench: unknown load $load" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
+  # Every caller comes from 127.0.0.1: lift the per-IP socket cap (500 by default).
   "$bin/sfu" serve --dev --http 127.0.0.1:0 --metrics 127.0.0.1:0 --udp-port 0 \
-    --log-format json ${BENCH_SFU_ARGS:-} 2>"$work/sfu.log" &
+    --max-sockets-per-ip 5000 --log-format json ${BENCH_SFU_ARGS:-} 2>"$work/sfu.log" &
   sfu_pid=$!
   for _ in $(seq 100); do grep -q '"sfu listening"' "$work/sfu.log" && break; sleep 0.1; done
   line=$(grep '"sfu listening"' "$work/sfu.log" | head -1)
@@ -67,7 +68,7 @@ for load in "${loads[@]}"; do
   t1=$(date +%s.%N)
   peers=$(sum_metric sfu_peers_active)
   rss=$(rss_kib "$sfu_pid")
-  wait "$lt_pid" && verified=yes || verified=NO
+  if wait "$lt_pid"; then verified=yes; else verified=NO; tail -20 "$work/lt.txt" >&2; fi
   lt_pid=
   kill "$sfu_pid"; wait "$sfu_pid" 2>/dev/null || true
   sfu_pid=
