@@ -5,7 +5,8 @@
 # Per load it prints one Markdown row: server CPU µs per forwarded packet, context switches
 # per second, RSS per Peer, loadtest CPU per caller, loss, latency p50/p95/p99, MOS p50, and
 # the verification result. Figures go to docs/perf.md; compare runs made one after the other.
-# BENCH_WINDOW (seconds, default 10) is the steady window; BENCH_SFU_ARGS adds server flags.
+# BENCH_WINDOW (seconds, default 10) is the steady window; BENCH_SFU_ARGS adds server flags;
+# BENCH_SFU_BIN runs another sfu binary (a before/after pair of builds in one session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null 2>&1 || ./scripts/setup.sh
@@ -14,6 +15,7 @@ loads=("$@")
 window="${BENCH_WINDOW:-10}"
 cargo build --quiet --locked --release -p sfu -p loadtest
 bin=target/release
+sfu_bin="${BENCH_SFU_BIN:-$bin/sfu}"
 tck=$(getconf CLK_TCK)
 work=$(mktemp -d)
 sfu_pid=
@@ -42,7 +44,7 @@ for load in "${loads[@]}"; do
   esac
   # shellcheck disable=SC2086
   # Every caller comes from 127.0.0.1: lift the per-IP socket cap (500 by default).
-  "$bin/sfu" serve --dev --http 127.0.0.1:0 --metrics 127.0.0.1:0 --udp-port 0 \
+  "$sfu_bin" serve --dev --http 127.0.0.1:0 --metrics 127.0.0.1:0 --udp-port 0 \
     --max-sockets-per-ip 5000 --log-format json ${BENCH_SFU_ARGS:-} 2>"$work/sfu.log" &
   sfu_pid=$!
   for _ in $(seq 100); do grep -q '"sfu listening"' "$work/sfu.log" && break; sleep 0.1; done
