@@ -147,14 +147,16 @@ async function connectMedia() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
-  // Server offers that arrive before our offer's answer were for the session it replaces.
+  // Server offers that arrive before our offer's answer were for the session it replaces;
+  // the flag drops only those (it is cleared as the answer arrives, before the next message).
   call.offering = true;
+  let answer;
   try {
-    const { sdp } = await state.sig.request("offer", { call_id: call.id, sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp });
+    answer = await state.sig.request("offer", { call_id: call.id, sdp: pc.localDescription.sdp });
   } finally {
     call.offering = false;
   }
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
 }
 
 function iceGathered(pc) {
