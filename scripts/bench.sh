@@ -9,7 +9,7 @@
 # BENCH_SFU_BIN runs another sfu binary (a before/after pair of builds in one session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v jq >/dev/null 2>&1 || ./scripts/setup.sh
+{ command -v jq && command -v curl; } >/dev/null 2>&1 || ./scripts/setup.sh
 loads=("$@")
 [ ${#loads[@]} -gt 0 ] || loads=(1v1-200 1v1-1000 group8-av)
 window="${BENCH_WINDOW:-10}"

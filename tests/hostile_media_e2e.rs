@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::media::{Media, Step, Until, talk, two};
+use common::media::{Media, Seen, Step, Until, talk, two};
 use common::{Client, Server, connected_call};
 use serde_json::{Value, json};
 use str0m::ice::{StunMessage, TransId};
@@ -27,6 +27,26 @@ async fn pinger(mut c: Client, mut stop: watch::Receiver<bool>) -> Duration {
         let _ = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await;
     }
     worst
+}
+
+/// A member who offers and talks until `stop`, plus `linger`; returns what it saw.
+async fn member(
+    ws: Client,
+    call_id: String,
+    index: u8,
+    stop: watch::Receiver<bool>,
+    linger: Duration,
+) -> Seen {
+    let media = Media::new(ws, &call_id, index).await;
+    let steps = vec![
+        Step::Offer,
+        Step::Send {
+            per_tick: 1,
+            until: Until::Peer(linger),
+        },
+    ];
+    let (done, _) = watch::channel(false);
+    media.run(steps, done, stop).await
 }
 
 /// alice calls bob and mallory into one group audio call; all three accept.
@@ -56,24 +76,9 @@ async fn two_hundred_re_offers_never_grow_the_others_offers() {
     let (a, b, m, call_id) = group_of_three(&s).await;
     let (stop_tx, stop) = watch::channel(false);
     let ping = tokio::spawn(pinger(s.login("carol").await, stop.clone()));
-    let victim = |ws, index| {
-        let stop = stop.clone();
-        let call_id = call_id.clone();
-        async move {
-            let media = Media::new(ws, &call_id, index).await;
-            let steps = vec![
-                Step::Offer,
-                Step::Send {
-                    per_tick: 1,
-                    until: Until::Peer(Duration::from_secs(1)),
-                },
-            ];
-            let (done, _) = watch::channel(false);
-            media.run(steps, done, stop).await
-        }
-    };
-    let alice = tokio::spawn(victim(a, 0));
-    let bob = tokio::spawn(victim(b, 1));
+    let linger = Duration::from_secs(1);
+    let alice = tokio::spawn(member(a, call_id.clone(), 0, stop.clone(), linger));
+    let bob = tokio::spawn(member(b, call_id.clone(), 1, stop.clone(), linger));
     let mut mallory = Media::new(m, &call_id, 2).await;
     let (_never, mut idle) = watch::channel(false);
     for i in 0..200 {
@@ -303,24 +308,9 @@ async fn a_member_whose_session_filled_with_stopped_m_lines_is_asked_to_reoffer(
             .unwrap();
     }
     let (stop_tx, stop) = watch::channel(false);
-    let member = |ws, index| {
-        let stop = stop.clone();
-        let call_id = call_id.clone();
-        async move {
-            let media = Media::new(ws, &call_id, index).await;
-            let steps = vec![
-                Step::Offer,
-                Step::Send {
-                    per_tick: 1,
-                    until: Until::Peer(Duration::from_millis(500)),
-                },
-            ];
-            let (done, _) = watch::channel(false);
-            media.run(steps, done, stop).await
-        }
-    };
-    let alice = tokio::spawn(member(a, 0));
-    let bob = tokio::spawn(member(b, 1));
+    let linger = Duration::from_millis(500);
+    let alice = tokio::spawn(member(a, call_id.clone(), 0, stop.clone(), linger));
+    let bob = tokio::spawn(member(b, call_id.clone(), 1, stop.clone(), linger));
     let (_never, mut idle) = watch::channel(false);
     for g in 0..18u8 {
         let name = format!("guest{g}");
