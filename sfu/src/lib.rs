@@ -14,3 +14,4 @@ pub mod protocol;
 pub mod records;
 pub mod server;
 pub mod signaling;
+pub mod udp;

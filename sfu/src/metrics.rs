@@ -174,7 +174,7 @@ impl Metrics {
             ),
             datagrams_dropped: counter(
                 "sfu_datagrams_dropped_total",
-                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; send_failed).",
+                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; oversized: longer than 2048 bytes; send_failed: refused by the kernel; send_queue_full: the socket stayed full too long).",
                 &["reason"],
             ),
             limits_hit: counter(

@@ -31,6 +31,7 @@ impl ServeArgs {
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),
             media_tick: self.media_tick.or(file.media_tick),
+            media_batch_window: self.media_batch_window.or(file.media_batch_window),
             cdr_file: self.cdr_file.or(file.cdr_file),
             call_records: self.call_records.or(file.call_records),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),

@@ -89,10 +89,22 @@ fn bad_values_are_explained() {
         dev: true,
         ..Default::default()
     };
-    assert_eq!(
-        default.resolve().unwrap().media_tick,
-        Duration::from_millis(10)
+    let default = default.resolve().unwrap();
+    assert_eq!(default.media_tick, Duration::from_millis(10));
+    let window = |ms| ServeArgs {
+        dev: true,
+        media_batch_window: Some(Dur(Duration::from_millis(ms))),
+        ..Default::default()
+    };
+    assert!(
+        window(11).resolve().is_err(),
+        "a window over 10ms is refused"
     );
+    assert_eq!(
+        window(0).resolve().unwrap().media_batch_window,
+        Duration::ZERO
+    );
+    assert_eq!(default.media_batch_window, Duration::from_millis(1));
 }
 
 #[test]

@@ -166,6 +166,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 health: health.clone(),
                 panic_media_of: cfg.panic_media_of.clone(),
                 fail_after: cfg.fail_worker_after.filter(|_| index == 0),
+                batch_window: cfg.media_batch_window,
             },
         )?;
         workers.push(handle);

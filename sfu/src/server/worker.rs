@@ -1,22 +1,35 @@
 //! Media Workers: one OS thread each, owning one UDP socket and the [`MediaCore`] of the calls
-//! placed on it. The thread moves datagrams, commands and time in and out of the core, and
-//! flushes its counters to Prometheus once a second (never per packet).
+//! placed on it. The thread moves datagrams (in batches: `recvmmsg`/`sendmmsg`), commands and
+//! time in and out of the core, and flushes its counters to Prometheus once a second (never
+//! per packet).
+//!
+//! Invariant: after every wake-up the send queue has been offered to the socket; what the
+//! socket could not take yet waits, in order, for it to become writable.
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::local::LocalHistogram;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio::time::Instant;
 
 use super::Input;
 use crate::media::{Command, MediaConfig, MediaCore, MediaCounters, MediaEvent};
 use crate::metrics::Metrics;
+use crate::udp::{RecvBatch, SendQueue};
 
-/// Datagrams read per wake-up before looking at commands and timers again.
-const RECV_BATCH: usize = 64;
+/// `recvmmsg` calls per wake-up before looking at commands and timers again.
+const RECV_CALLS: usize = 8;
+/// Datagrams waiting for a full socket buffer to drain; more are dropped (counted).
+const SEND_QUEUE: usize = 8192;
+/// Commands taken per batch window while busy (the rest wait for the next window).
+const COMMANDS_PER_POLL: usize = 256;
+/// How often counters go to Prometheus.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How the rest of the server reaches one Worker.
 #[derive(Clone)]
@@ -35,6 +48,8 @@ pub(crate) struct Links {
     pub panic_media_of: Option<String>,
     /// Test hook (`--fail-worker-after`, dev only): the thread panics after this long.
     pub fail_after: Option<Duration>,
+    /// `--media-batch-window`.
+    pub batch_window: Duration,
 }
 
 /// Binds the socket of Worker `index` and starts its thread.
@@ -52,6 +67,7 @@ pub(crate) fn spawn(
         health,
         panic_media_of,
         fail_after,
+        batch_window,
     } = links;
     let socket = StdUdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind media UDP socket {bind}: {e}"))?;
@@ -76,12 +92,19 @@ pub(crate) fn spawn(
                     });
                     Worker {
                         core,
+                        fd: socket.as_raw_fd(),
                         socket,
+                        rx: RecvBatch::new(),
+                        tx: SendQueue::new(SEND_QUEUE),
+                        window: batch_window,
                         to_driver,
                         metrics,
                         flushed: MediaCounters::default(),
+                        flushed_io: [0; 3],
                         peers_reported: 0,
                         latency: None,
+                        read_at: None,
+                        forwarded: 0,
                         panic_media_of,
                     }
                     .run(
@@ -108,16 +131,30 @@ pub(crate) fn spawn(
 struct Worker {
     core: MediaCore,
     socket: UdpSocket,
+    fd: RawFd,
+    rx: RecvBatch,
+    tx: SendQueue,
+    window: Duration,
     to_driver: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     /// Counters as last flushed, for deltas.
     flushed: MediaCounters,
+    /// The I/O counters (truncated, send failed, send queue full) as last flushed.
+    flushed_io: [u64; 3],
     peers_reported: i64,
     latency: Option<LocalHistogram>,
+    /// When the batch being handled was read, and how many of its datagrams were forwarded.
+    read_at: Option<std::time::Instant>,
+    forwarded: u64,
     panic_media_of: Option<String>,
 }
 
 impl Worker {
+    /// Two modes. Idle: the reactor wakes the thread for whatever comes first (a datagram, a
+    /// command, a deadline). Busy (datagrams were read): the thread sleeps out the batch
+    /// window and polls everything itself, without the reactor, whose epoll would otherwise
+    /// wake it for every datagram that arrives (as edge-triggered epoll does) and undo the
+    /// batching. It falls back to idle as soon as a window brings nothing.
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
@@ -125,24 +162,48 @@ impl Worker {
         fail_at: Option<std::time::Instant>,
     ) {
         self.latency = Some(self.metrics.forwarding_latency_seconds.local());
-        let mut buf = vec![0u8; 2048];
-        let mut flush = interval(Duration::from_secs(1));
-        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_flush = std::time::Instant::now() + FLUSH_EVERY;
         let mut driver_gone = false;
-        loop {
-            let wake = self.core.poll_timeout();
-            tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, source)) = r {
-                        self.datagram(source, &buf[..n]);
-                    }
-                    for _ in 1..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => self.datagram(source, &buf[..n]),
-                            Err(_) => break,
+        let mut linger: Option<std::time::Instant> = None;
+        'run: loop {
+            while let Some(at) = linger {
+                std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                linger = self.receive();
+                for _ in 0..COMMANDS_PER_POLL {
+                    match rx.try_recv() {
+                        Ok(cmd) => self.command(cmd),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            driver_gone = true;
+                            break;
                         }
                     }
                 }
+                let now = std::time::Instant::now();
+                if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                    self.core.handle_timeout(now);
+                    self.transmit();
+                }
+                if next_flush <= now {
+                    next_flush = now + FLUSH_EVERY;
+                    self.flush();
+                }
+                self.send();
+                if *shutdown.borrow() {
+                    break 'run;
+                }
+                if fail_at.is_some_and(|t| t <= now) {
+                    panic!("test hook --fail-worker-after");
+                }
+            }
+            let wake = self.core.poll_timeout();
+            tokio::select! {
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        linger = self.receive();
+                    }
+                }
+                _ = self.socket.writable(), if !self.tx.is_empty() => {}
                 // Without the driver no command comes; the driver's supervisor fails the
                 // server, and this worker waits for the shutdown that follows.
                 cmd = rx.recv(), if !driver_gone => match cmd {
@@ -153,28 +214,72 @@ impl Worker {
                     self.core.handle_timeout(Instant::now().into_std());
                     self.transmit();
                 }
-                _ = flush.tick() => self.flush(),
+                _ = sleep_until(Some(next_flush)) => {
+                    next_flush = std::time::Instant::now() + FLUSH_EVERY;
+                    self.flush();
+                }
                 _ = super::stopped(&mut shutdown) => break,
                 // Test hook (--dev only): die as a worker hit by a bug outside the core would.
                 _ = sleep_until(fail_at) => panic!("test hook --fail-worker-after"),
             }
+            self.send();
         }
         self.flush();
         self.metrics.peers_active.sub(self.peers_reported);
     }
 
-    fn datagram(&mut self, source: SocketAddr, data: &[u8]) {
-        let received = std::time::Instant::now();
-        let before = self.core.counters().rtp_out_packets;
-        self.core.handle_datagram(received, source, data);
-        let forwarded = self.core.counters().rtp_out_packets != before;
-        self.transmit();
-        if forwarded && let Some(h) = &self.latency {
-            h.observe(received.elapsed().as_secs_f64());
+    /// Reads and handles what the socket holds (up to [`RECV_CALLS`] batches); returns when
+    /// to read next without waiting for readiness: at the end of the batch window if
+    /// anything came, at once if more is queued, else `None`.
+    fn receive(&mut self) -> Option<std::time::Instant> {
+        let read_at = std::time::Instant::now();
+        let mut taken = 0;
+        for _ in 0..RECV_CALLS {
+            let (fd, batch) = (self.fd, &mut self.rx);
+            match self
+                .socket
+                .try_io(Interest::READABLE, || batch.recv(fd).map(|_| ()))
+            {
+                Ok(()) => {}
+                Err(_) => {
+                    return (taken > 0 && !self.window.is_zero()).then(|| read_at + self.window);
+                }
+            }
+            taken += self.rx.taken();
+            self.read_at.get_or_insert(read_at);
+            for (source, data) in self.rx.iter() {
+                let out = |c: &MediaCounters| c.rtp_out_packets[0] + c.rtp_out_packets[1];
+                let before = out(self.core.counters());
+                self.core.handle_datagram(read_at, source, data);
+                if out(self.core.counters()) != before {
+                    self.forwarded += 1;
+                }
+            }
+            self.transmit();
         }
+        Some(read_at)
     }
 
-    /// Sends what the core produced; never waits on the socket. Everything else goes to the
+    /// Offers the send queue to the socket, and records how long the batch's forwarded
+    /// datagrams took from read to sent.
+    fn send(&mut self) {
+        if !self.tx.is_empty() {
+            let (fd, queue) = (self.fd, &mut self.tx);
+            // WouldBlock leaves the rest queued, in order, for the writable arm.
+            let _ = self.socket.try_io(Interest::WRITABLE, || {
+                queue.flush(|b| crate::udp::send_batch(fd, b))
+            });
+        }
+        if let (Some(read_at), Some(h)) = (self.read_at.take(), &self.latency) {
+            let took = read_at.elapsed().as_secs_f64();
+            for _ in 0..self.forwarded {
+                h.observe(took);
+            }
+        }
+        self.forwarded = 0;
+    }
+
+    /// Moves what the core produced: datagrams to the send queue, everything else to the
     /// driver, in the order the core produced it (a reply before our offer to that member).
     fn transmit(&mut self) {
         while let Some(event) = self.core.poll_event() {
@@ -182,14 +287,7 @@ impl Worker {
                 MediaEvent::Transmit {
                     destination,
                     contents,
-                } => {
-                    if self.socket.try_send_to(&contents, destination).is_err() {
-                        self.metrics
-                            .datagrams_dropped
-                            .with_label_values(&["send_failed"])
-                            .inc();
-                    }
-                }
+                } => self.tx.push(destination, contents.into()),
                 other => {
                     // Never wait on the driver: a full queue means it is stuck (supervision
                     // deals with that); what does not fit is counted.
@@ -271,6 +369,16 @@ impl Worker {
         ] {
             m.limits_hit.with_label_values(&[limit]).inc_by(now - then);
         }
+        let io = [self.rx.truncated, self.tx.failed, self.tx.overflowed];
+        for (reason, (now, then)) in ["oversized", "send_failed", "send_queue_full"]
+            .iter()
+            .zip(io.iter().zip(self.flushed_io))
+        {
+            m.datagrams_dropped
+                .with_label_values(&[reason])
+                .inc_by(now - then);
+        }
+        self.flushed_io = io;
         let peers = self.core.peers() as i64;
         m.peers_active.add(peers - self.peers_reported);
         self.peers_reported = peers;
