@@ -75,6 +75,8 @@ pub struct Client {
     pub answer_sdp: Option<String>,
     /// m-lines in the server's last offer to this client (its whole session).
     pub offer_mlines: usize,
+    /// The longest time a received (non-Opus) packet took from its sender's write to here.
+    pub max_transit: Duration,
 }
 
 impl Client {
@@ -110,6 +112,7 @@ impl Client {
             burst: 1,
             answer_sdp: None,
             offer_mlines: 0,
+            max_transit: Duration::ZERO,
         }
     }
 
@@ -118,6 +121,9 @@ impl Client {
         self.got.get(&(sender, k)).copied().unwrap_or(0)
     }
 }
+
+/// Marks a synthetic payload that carries its send instant (bytes 10..18).
+const TRANSIT_MARK: u8 = 0xA5;
 
 pub struct Packet {
     pub at: Instant,
@@ -168,6 +174,8 @@ pub struct World {
     pub rng: Rng,
     pub next_audio: Instant,
     pub next_video: Instant,
+    /// The world's first instant (packets carry their send time from it).
+    pub start: Instant,
     /// Times the loop woke for the server's timer alone (no packet or media due then).
     pub server_wakes: u64,
 }
@@ -201,6 +209,7 @@ impl World {
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             next_audio: now,
             next_video: now,
+            start: now,
             server_wakes: 0,
         }
     }
@@ -384,6 +393,14 @@ impl World {
                         Event::RtpPacket(p) => {
                             let sender = p.payload[0];
                             let kind = p.payload[1];
+                            if matches!(p.payload.len(), 80 | 900) && p.payload[18] == TRANSIT_MARK
+                            {
+                                let mut ns = [0u8; 8];
+                                ns.copy_from_slice(&p.payload[10..18]);
+                                let sent =
+                                    self.start + Duration::from_nanos(u64::from_be_bytes(ns));
+                                c.max_transit = c.max_transit.max(self.now - sent);
+                            }
                             *c.got.entry((sender, kind)).or_default() += 1;
                             let seq = *p.seq_no;
                             let last = c.last_seq.entry((sender, kind)).or_insert(seq - 1);
@@ -490,6 +507,7 @@ impl World {
     }
 
     pub fn send_media(&mut self, kind: MediaKind) {
+        let sent_ns = (self.now - self.start).as_nanos() as u64;
         for i in 0..self.clients.len() {
             let c = &mut self.clients[i];
             if !c.sending || !c.rtc.is_connected() {
@@ -524,6 +542,8 @@ impl World {
                 let k_byte = if kind == MediaKind::Audio { 0 } else { 1 };
                 let mut payload = vec![c.index, k_byte];
                 payload.extend_from_slice(&n.to_be_bytes());
+                payload.extend_from_slice(&sent_ns.to_be_bytes());
+                payload.push(TRANSIT_MARK);
                 payload.resize(if kind == MediaKind::Audio { 80 } else { 900 }, 0);
                 let mut ext = ExtensionValues {
                     audio_level: Some(-(c.level.min(127) as i8)),
@@ -565,6 +585,9 @@ impl World {
                     c.sent[k_byte as usize] += 1;
                 }
             }
+            // str0m sends a written packet on its next timeout (0.25: `SendStream`).
+            let now = self.now;
+            let _ = self.clients[i].rtc.handle_input(Input::Timeout(now));
             self.drain_client(i);
         }
     }
@@ -611,8 +634,11 @@ impl World {
                     }
                 }
             }
-            self.server.handle_timeout(self.now);
-            self.drain_server();
+            // As a real shell: the core's timeout only when it asked for one.
+            if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.server.handle_timeout(self.now);
+                self.drain_server();
+            }
             for i in 0..self.clients.len() {
                 self.clients[i]
                     .rtc

@@ -276,6 +276,47 @@ fn an_audio_call_forwards_no_video_even_if_offered() {
     assert_eq!(w.server.counters().rtp_out_packets[1], 0);
 }
 
+/// The tick is for timers only: a forwarded packet leaves at the instant its datagram came in,
+/// though str0m holds a written packet until a timeout stamps it (0.25's `SendStream`). With
+/// 3 ms links each way and no jitter, every packet's transit is exactly 6 ms, whatever the
+/// tick; served on the 10-ms grid it was up to 16 ms.
+#[test]
+fn forwarding_never_waits_for_the_tick() {
+    for tick in [
+        Duration::ZERO,
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+    ] {
+        let mut w = World::with_config(MediaConfig {
+            tick,
+            ..MediaConfig::new(server_addr())
+        });
+        w.delay = Duration::from_millis(3);
+        let media = [MediaKind::Audio, MediaKind::Video];
+        for name in ["alice", "bob", "carol"] {
+            w.join(name, &media);
+        }
+        w.run(Duration::from_secs(3));
+        w.quiesce();
+        for c in &mut w.clients {
+            c.max_transit = Duration::ZERO;
+        }
+        let before = w.snapshot();
+        w.resume();
+        w.run(Duration::from_secs(5));
+        w.quiesce();
+        assert_exact_mesh(&before, &w.snapshot(), 3, &media);
+        for c in &w.clients {
+            assert_eq!(
+                c.max_transit,
+                Duration::from_millis(6),
+                "{} with a {tick:?} tick",
+                c.name
+            );
+        }
+    }
+}
+
 #[test]
 fn timer_deadlines_ride_the_tick_and_none_is_missed() {
     let run = |tick: Duration| {

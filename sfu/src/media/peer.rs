@@ -103,6 +103,10 @@ pub struct Peer {
     /// When str0m asked to be woken, and whether that changed since the core last scheduled it.
     pub wake: Option<Instant>,
     pub wake_changed: bool,
+    /// str0m asked for a timeout at once (`wake` is the instant it asked): packets written to
+    /// it wait for one to be stamped and sent (str0m 0.25's `Reason::SendStream`). Served
+    /// off the tick grid.
+    pub urgent: bool,
     /// Test hook: the next str0m mutation of this Peer panics (see `MediaCore::inject_panic`).
     pub inject_panic: bool,
     /// Datagrams per second this Peer may send us (`MediaLimits::packet_rate`).
@@ -174,6 +178,7 @@ impl Peer {
             replied: false,
             wake: None,
             wake_changed: false,
+            urgent: false,
             inject_panic: false,
             rate: TokenBucket::new(2000.0, 2000.0, now),
             candidates: 0,
@@ -462,9 +467,11 @@ impl Peer {
             let event = match guarded(|| self.rtc.poll_output()) {
                 Err(_) | Ok(Err(_)) => return Err(Failure::Rtc),
                 Ok(Ok(Output::Timeout(t))) => {
+                    let urgent = t <= now;
                     let t = Some(t.max(now));
-                    if self.wake != t {
+                    if self.wake != t || urgent != self.urgent {
                         self.wake = t;
+                        self.urgent = urgent;
                         self.wake_changed = true;
                     }
                     return Ok(());

@@ -5,7 +5,10 @@
 //! far longer than a tick (RTCP reports and stats every second, ICE consent every few seconds,
 //! DTLS retransmissions from one second), NACKs tolerate a few milliseconds more, nothing is
 //! paced (no BWE), and everything a datagram triggers (STUN answers, DTLS, forwarding, RTX)
-//! happens on that datagram, not on a timer.
+//! happens on that datagram, not on a timer. One exception is not a timer at all: str0m 0.25
+//! sends a written RTP packet only once a timeout has stamped it (`Reason::SendStream`, asked
+//! for as "already happened"). Such asks are served off the grid, at once (`MediaCore`'s
+//! urgent list), so forwarding never waits for a tick.
 
 use std::time::{Duration, Instant};
 

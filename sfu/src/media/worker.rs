@@ -144,6 +144,12 @@ pub struct MediaCore {
     router: Router,
     rooms: HashMap<String, Room>,
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Peers whose str0m asked for a timeout at once, with the instant it asked (served off
+    /// the grid: a forwarded packet waits in str0m until then), the earliest such instant,
+    /// and a spare list so serving them allocates nothing.
+    urgent: Vec<(Instant, PeerId)>,
+    urgent_at: Option<Instant>,
+    urgent_spare: Vec<(Instant, PeerId)>,
     out: VecDeque<MediaEvent>,
     /// What drained Peers reported, acted on by [`MediaCore::pump`].
     events: VecDeque<(PeerId, PeerEvent)>,
@@ -165,6 +171,9 @@ impl MediaCore {
             router: Router::default(),
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
+            urgent: Vec::new(),
+            urgent_at: None,
+            urgent_spare: Vec::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             counters: MediaCounters::default(),
@@ -179,19 +188,16 @@ impl MediaCore {
         self.out.pop_front()
     }
 
-    /// When to call [`MediaCore::handle_timeout`] next: the earliest deadline, rounded up to
-    /// the tick grid.
+    /// When to call [`MediaCore::handle_timeout`] next: at once for a Peer holding written
+    /// packets, otherwise the earliest deadline rounded up to the tick grid.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.timers.peek().map(|Reverse((t, _))| *t);
-        let at = [peers, self.next_volume, self.next_quality]
+        let timers = [peers, self.next_volume, self.next_quality]
             .into_iter()
             .flatten()
-            .min()?;
-        Some(super::tick::round_up(
-            at,
-            self.epoch.unwrap_or(at),
-            self.cfg.tick,
-        ))
+            .min()
+            .map(|at| super::tick::round_up(at, self.epoch.unwrap_or(at), self.cfg.tick));
+        [self.urgent_at, timers].into_iter().flatten().min()
     }
 
     pub fn counters(&self) -> &MediaCounters {
@@ -352,37 +358,22 @@ impl MediaCore {
 
     /// Drives every Peer whose deadline is due, and the volume and quality reports.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.urgent_at.is_some_and(|t| t <= now) {
+            let mut due = std::mem::take(&mut self.urgent_spare);
+            std::mem::swap(&mut due, &mut self.urgent);
+            self.urgent_at = None;
+            for &(at, id) in &due {
+                self.serve(now, at, id);
+            }
+            due.clear();
+            self.urgent_spare = due;
+        }
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let Some(peer) = slot_peer(&mut self.slots, id) else {
-                continue;
-            };
-            if peer.wake != Some(at) {
-                continue; // superseded
-            }
-            peer.wake = None;
-            if !peer.connected && now.saturating_duration_since(peer.created) >= CONNECT_TIMEOUT {
-                let stage = if peer.ice_connected {
-                    Failure::Dtls
-                } else {
-                    Failure::Ice
-                };
-                self.remove_peer(now, id, Some(stage));
-                continue;
-            }
-            let mut sink = Sink {
-                out: &mut self.out,
-                events: &mut self.events,
-            };
-            let result = peer.tick(now, &mut sink);
-            self.schedule(id);
-            if let Err(f) = result {
-                self.remove_peer(now, id, Some(f));
-            }
-            self.pump(now);
+            self.serve(now, at, id);
         }
         if self.next_volume.is_some_and(|t| t <= now) {
             self.volume_tick(now);
@@ -404,6 +395,39 @@ impl MediaCore {
             self.next_volume = next(self.next_volume, self.cfg.volume_interval);
             self.next_quality = next(self.next_quality, self.cfg.quality_interval);
         }
+    }
+}
+
+impl MediaCore {
+    /// Peer `id`'s timeout, asked for at `at` (skipped if a later ask superseded it).
+    fn serve(&mut self, now: Instant, at: Instant, id: PeerId) {
+        let Some(peer) = slot_peer(&mut self.slots, id) else {
+            return;
+        };
+        if peer.wake != Some(at) {
+            return; // superseded
+        }
+        peer.wake = None;
+        peer.urgent = false;
+        if !peer.connected && now.saturating_duration_since(peer.created) >= CONNECT_TIMEOUT {
+            let stage = if peer.ice_connected {
+                Failure::Dtls
+            } else {
+                Failure::Ice
+            };
+            self.remove_peer(now, id, Some(stage));
+            return;
+        }
+        let mut sink = Sink {
+            out: &mut self.out,
+            events: &mut self.events,
+        };
+        let result = peer.tick(now, &mut sink);
+        self.schedule(id);
+        if let Err(f) = result {
+            self.remove_peer(now, id, Some(f));
+        }
+        self.pump(now);
     }
 }
 

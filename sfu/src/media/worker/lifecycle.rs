@@ -60,8 +60,13 @@ impl MediaCore {
         if !std::mem::take(&mut peer.wake_changed) {
             return;
         }
-        if let Some(at) = peer.wake {
-            self.timers.push(Reverse((at, id)));
+        match peer.wake {
+            Some(at) if peer.urgent => {
+                self.urgent.push((at, id));
+                self.urgent_at = Some(self.urgent_at.map_or(at, |u| u.min(at)));
+            }
+            Some(at) => self.timers.push(Reverse((at, id))),
+            None => {}
         }
     }
 
