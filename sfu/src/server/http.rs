@@ -161,12 +161,18 @@ async fn ws(
     let max = shared.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
+        // The library's default reads into 128 KiB allocated up front per socket: a third of
+        // a member's memory. Frames here are small (an SDP is a few KiB); larger ones grow it.
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             session::run(socket, shared).await;
             drop(seat);
         })
         .into_response()
 }
+
+/// Bytes each WebSocket reads at a time (`docs/perf.md`: memory per member).
+const WS_READ_BUFFER: usize = 4096;
 
 /// Most records one `GET /api/calls` returns.
 const MAX_LIMIT: usize = 1000;
