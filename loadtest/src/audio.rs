@@ -77,8 +77,8 @@ pub fn goertzel(pcm: &[i16], freq: f64, rate: f64) -> f64 {
 
 /// Receivers decode at this rate: above twice the highest tone, a third of the work of 48 kHz.
 const DECODE_RATE: u32 = 16_000;
-/// Of every `PERIOD` frames of a stream, the first `WINDOW` are decoded (from a fresh decoder
-/// state) and all but the first `PRIME` of those vote.
+/// Of every `PERIOD` frames of a stream, the first `WINDOW` are decoded and all but the first
+/// `PRIME` of those vote.
 const PERIOD: u32 = 16;
 const WINDOW: u32 = 8;
 const PRIME: u32 = 2;
@@ -113,10 +113,8 @@ impl ToneDetector {
         if at >= WINDOW {
             return;
         }
-        if at == 0 {
-            // A window starts from a clean state, not one left by frames never decoded.
-            let _ = self.decoder.reset_state();
-        }
+        // The first frames of a window only bring the decoder's state (stale from before the
+        // gap) up to date; a reset would cost more (libopus probes the CPU on each one).
         let Ok(n) = self.decoder.decode(payload, &mut self.pcm, false) else {
             return;
         };

@@ -565,9 +565,13 @@ async fn media(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now_std = Instant::now();
-        rtc.handle_input(Input::Timeout(now_std))
-            .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
-        drain!();
+        // Only when due: a timeout is str0m's costliest call, and a received packet does
+        // not need one (a written one does, and asks for it as due at once).
+        if now_std >= timeout {
+            rtc.handle_input(Input::Timeout(now_std))
+                .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+            drain!();
+        }
         while let Some((to, d)) = imp.due(now_std) {
             let _ = socket.try_send_to(&d, to);
         }
