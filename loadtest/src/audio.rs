@@ -2,7 +2,7 @@
 //! caller's own frequency with a speech-like on/off envelope, encoded once to a loop of real
 //! Opus frames (so hundreds of callers cost little CPU), and Goertzel detection of the tones in
 //! what a receiver decodes: at 16 kHz (the tones are under 2.7 kHz), and only windows of each
-//! stream (half its frames), so that verifying costs a caller less than sending.
+//! stream (a quarter of its frames), so that verifying costs a caller less than sending.
 
 use opus::{Application, Channels, Decoder, Encoder};
 
@@ -79,7 +79,7 @@ pub fn goertzel(pcm: &[i16], freq: f64, rate: f64) -> f64 {
 const DECODE_RATE: u32 = 16_000;
 /// Of every `PERIOD` frames of a stream, the first `WINDOW` are decoded and all but the first
 /// `PRIME` of those vote.
-const PERIOD: u32 = 16;
+const PERIOD: u32 = 32;
 const WINDOW: u32 = 8;
 const PRIME: u32 = 2;
 
