@@ -5,7 +5,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use super::{BATCH, DATAGRAM_MAX, RecvBatch, SendQueue, send_batch};
+use super::{BATCH, DATAGRAM_MAX, RecvBatch, SendQueue, send_batch, set_buffers};
 
 fn pair(ip: &str) -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind(format!("{ip}:0")).expect("bind a");
@@ -206,4 +206,16 @@ fn the_queue_is_bounded() {
     let mut q = SendQueue::new(50);
     numbered(&mut q, 0..80);
     assert_eq!((q.len(), q.overflowed), (50, 30));
+}
+
+#[test]
+fn socket_buffers_grow_up_to_what_the_kernel_allows() {
+    let (socket, _) = pair("127.0.0.1");
+    let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let got = set_buffers(socket.as_raw_fd(), 4 << 20).expect("setsockopt");
+    assert_eq!(got, max.min(4 << 20));
 }
