@@ -24,6 +24,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::audio::{Frame, ToneDetector};
 use crate::impair::{Impairer, Impairment};
+use crate::leg::LegSocket;
 use crate::report::CallerResult;
 
 /// What a callee does when invited.
@@ -393,6 +394,8 @@ async fn media(
     let mut reoffer = Every::new(shared.reoffer_every);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut asked = false;
+    // The last instant handed to str0m: a late-read datagram is never given an earlier one.
+    let mut str0m_now = Instant::now();
 
     // str0m's single-mutation rule: after every mutation, poll until `Timeout`. Every
     // mutation below is followed by `drain!()`, which evaluates to str0m's next deadline.
@@ -417,7 +420,8 @@ async fn media(
                         }
                     }
                     Output::Event(Event::RtpPacket(p)) => {
-                        let now = Instant::now();
+                        // When it arrived (a polled socket is read late).
+                        let now = p.timestamp;
                         if first_media.is_none() {
                             first_media = Some(now);
                             if let Some(t) = t_call {
@@ -488,6 +492,9 @@ async fn media(
             anyhow::bail!("media: leg {legs} not connected within 20 s");
         }
         let sending = rtc.is_connected();
+        if sending && !socket.is_polled() {
+            socket = socket.into_polled()?;
+        }
         let mut wake =
             tokio::time::Instant::from_std(timeout).min(now + Duration::from_millis(100));
         for t in [mute.next, hold.next, reconnect.next, reoffer.next, kill_at]
@@ -506,11 +513,12 @@ async fn media(
             wake = wake.min(tokio::time::Instant::from_std(d));
         }
         tokio::select! {
-            res = socket.recv_from(&mut buf) => {
+            res = socket.recv_now(&mut buf) => {
                 if let Ok((n, source)) = res
                     && let Ok(contents) = buf[..n].try_into()
                 {
-                    let input = Input::Receive(Instant::now(), Receive {
+                    str0m_now = Instant::now();
+                    let input = Input::Receive(str0m_now, Receive {
                         proto: Protocol::Udp,
                         source,
                         destination: local,
@@ -564,10 +572,31 @@ async fn media(
             }
             _ = tokio::time::sleep_until(wake) => {}
         }
+        // A polled socket: what came since the last wake, each at its arrival time.
+        while let Some((n, source, arrived)) = socket.poll(&mut buf, str0m_now) {
+            str0m_now = arrived;
+            if let Ok(contents) = buf[..n].try_into() {
+                let input = Input::Receive(
+                    arrived,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: local,
+                        contents,
+                    },
+                );
+                if rtc.accepts(&input) {
+                    rtc.handle_input(input)
+                        .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                    drain!();
+                }
+            }
+        }
         let now_std = Instant::now();
         // Only when due: a timeout is str0m's costliest call, and a received packet does
         // not need one (a written one does, and asks for it as due at once).
         if now_std >= timeout {
+            str0m_now = now_std;
             rtc.handle_input(Input::Timeout(now_std))
                 .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
             drain!();
@@ -602,7 +631,10 @@ async fn media(
                 r.reoffers += 1;
             }
             match open_leg(shared, sig, call_id).await {
-                Ok(leg) => (rtc, socket, local, audio_mid, video_mid) = leg,
+                Ok(leg) => {
+                    (rtc, socket, local, audio_mid, video_mid) = leg;
+                    str0m_now = Instant::now();
+                }
                 // The others hung up meanwhile: the call's end refused the offer.
                 Err(_) if sig.queue.iter().any(|n| n["method"] == "call_end") => {
                     ended = true;
@@ -772,7 +804,7 @@ async fn open_leg(
     shared: &Shared,
     sig: &mut Signal,
     call_id: &str,
-) -> anyhow::Result<(Rtc, UdpSocket, SocketAddr, Mid, Option<Mid>)> {
+) -> anyhow::Result<(Rtc, LegSocket, SocketAddr, Mid, Option<Mid>)> {
     let socket = UdpSocket::bind("0.0.0.0:0").await?;
     let server_ip = server_ip(&shared.url).await?;
     // Bind like the server will see us: the local address toward the server.
@@ -821,5 +853,5 @@ async fn open_leg(
     rtc.sdp_api()
         .accept_answer(pending, answer)
         .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-    Ok((rtc, socket, local, audio_mid, video_mid))
+    Ok((rtc, LegSocket::Reactor(socket), local, audio_mid, video_mid))
 }

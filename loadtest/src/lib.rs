@@ -11,6 +11,7 @@
 pub mod audio;
 pub mod caller;
 pub mod impair;
+pub mod leg;
 pub mod plan;
 pub mod report;
 

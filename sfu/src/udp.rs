@@ -23,6 +23,7 @@ use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -67,6 +68,82 @@ pub fn set_buffers(fd: RawFd, bytes: usize) -> io::Result<usize> {
     }
     // Linux reports twice what it granted (the doubling covers its bookkeeping).
     Ok(usize::try_from(got).unwrap_or(0) / 2)
+}
+
+/// Has the kernel stamp each datagram `fd` receives with its arrival time (`SO_TIMESTAMPNS`),
+/// for [`recv_timed`].
+pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a c_int option value of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as _,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One datagram from the non-blocking socket `fd` into `buf`: its length, source and, if
+/// [`enable_rx_timestamps`] was called, when the kernel received it (wall clock). A reader that
+/// reads late (on its own schedule, not at readiness) still knows when each datagram came.
+pub fn recv_timed(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_name = name.as_mut_ptr().cast();
+    hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = mem::size_of_val(&control) as _;
+    // SAFETY: the header points at live buffers of the stated lengths for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the name; an unknown family is refused below.
+    let source = unsafe { decode(name.assume_init_ref()) }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
+    let mut at = None;
+    // SAFETY: walking the control messages the kernel wrote, with libc's own macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                at = Some(
+                    std::time::UNIX_EPOCH
+                        + Duration::new(
+                            ts.tv_sec.max(0) as u64,
+                            ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                        ),
+                );
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    let len = if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        buf.len()
+    } else {
+        n as usize
+    };
+    Ok((len, source, at))
 }
 
 /// Receive buffers for one `recvmmsg`, reused for every call.

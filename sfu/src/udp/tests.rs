@@ -5,7 +5,10 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use super::{BATCH, DATAGRAM_MAX, RecvBatch, SendQueue, send_batch, set_buffers};
+use super::{
+    BATCH, DATAGRAM_MAX, RecvBatch, SendQueue, enable_rx_timestamps, recv_timed, send_batch,
+    set_buffers,
+};
 
 fn pair(ip: &str) -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind(format!("{ip}:0")).expect("bind a");
@@ -218,4 +221,39 @@ fn socket_buffers_grow_up_to_what_the_kernel_allows() {
         .expect("a number");
     let got = set_buffers(socket.as_raw_fd(), 4 << 20).expect("setsockopt");
     assert_eq!(got, max.min(4 << 20));
+}
+
+#[test]
+fn a_late_reader_still_learns_when_each_datagram_came() {
+    let (server, client) = pair("127.0.0.1");
+    enable_rx_timestamps(server.as_raw_fd()).expect("SO_TIMESTAMPNS");
+    let to = server.local_addr().expect("addr");
+    let before = std::time::SystemTime::now();
+    client.send_to(b"first", to).expect("send");
+    client.send_to(b"second", to).expect("send");
+    let mut buf = [0u8; 64];
+    let (n, source, at) = recv_timed(server.as_raw_fd(), &mut buf).expect("first");
+    assert_eq!(
+        (&buf[..n], source),
+        (&b"first"[..], client.local_addr().expect("addr"))
+    );
+    let first = at.expect("a kernel timestamp");
+    assert!(
+        first >= before - std::time::Duration::from_millis(1),
+        "{first:?} {before:?}"
+    );
+    let (n, _, at) = recv_timed(server.as_raw_fd(), &mut buf).expect("second");
+    assert_eq!(&buf[..n], b"second");
+    assert!(at.expect("a kernel timestamp") >= first);
+    let e = recv_timed(server.as_raw_fd(), &mut buf)
+        .err()
+        .expect("empty");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    // Without the option, no timestamp.
+    let (plain, client) = pair("127.0.0.1");
+    client
+        .send_to(b"x", plain.local_addr().expect("addr"))
+        .expect("send");
+    let (_, _, at) = recv_timed(plain.as_raw_fd(), &mut buf).expect("plain");
+    assert_eq!(at, None);
 }
