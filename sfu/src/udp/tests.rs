@@ -245,9 +245,7 @@ fn a_late_reader_still_learns_when_each_datagram_came() {
     let (n, _, at) = recv_timed(server.as_raw_fd(), &mut buf).expect("second");
     assert_eq!(&buf[..n], b"second");
     assert!(at.expect("a kernel timestamp") >= first);
-    let e = recv_timed(server.as_raw_fd(), &mut buf)
-        .err()
-        .expect("empty");
+    let e = recv_timed(server.as_raw_fd(), &mut buf).expect_err("empty");
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     // Without the option, no timestamp.
     let (plain, client) = pair("127.0.0.1");
