@@ -3,29 +3,25 @@
 //! client over real UDP sending real Opus (and VP8-shaped video), and measures what it
 //! receives: who it hears, loss, jitter, latency, setup time, the server's volume and quality.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use analytics::Jitter;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use str0m::change::{SdpAnswer, SdpOffer};
+use serde_json::json;
+use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use str0m::{Event, Input, Output, Rtc};
 
 use crate::audio::{Frame, ToneDetector};
+use crate::churn::{Every, Toggle};
 use crate::impair::{Impairer, Impairment};
-use crate::leg::LegSocket;
+use crate::leg::open_leg;
 use crate::report::CallerResult;
+use crate::signal::Signal;
 
 /// What a callee does when invited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,150 +71,13 @@ pub struct Shared {
     /// The clock RTP timestamps are taken from, for one-way latency.
     pub epoch: Instant,
     pub slots: usize,
-    /// Mute / hold toggles (zero = never), each lasting [`TOGGLE_FOR`].
+    /// Mute / hold toggles (zero = never), each lasting [`crate::churn::TOGGLE_FOR`].
     pub mute_every: Duration,
     pub hold_every: Duration,
     /// Churn (zero = never): drop the signaling socket and come back with a new login and a
     /// new media leg; or re-offer a new media leg on the same socket.
     pub reconnect_every: Duration,
     pub reoffer_every: Duration,
-}
-
-/// How long a mute or hold toggle lasts.
-pub const TOGGLE_FOR: Duration = Duration::from_secs(2);
-
-/// A periodic toggle (mute, hold): on for [`TOGGLE_FOR`] every `every`, never when zero.
-struct Toggle {
-    every: Duration,
-    next: Option<tokio::time::Instant>,
-    on: bool,
-}
-
-impl Toggle {
-    fn new(every: Duration) -> Self {
-        Self {
-            every,
-            next: (!every.is_zero()).then(|| tokio::time::Instant::now() + every),
-            on: false,
-        }
-    }
-
-    /// The new state when it is time to flip.
-    fn flip(&mut self, now: tokio::time::Instant) -> Option<bool> {
-        if self.next.is_none_or(|t| now < t) {
-            return None;
-        }
-        self.on = !self.on;
-        self.next = Some(now + if self.on { TOGGLE_FOR } else { self.every });
-        Some(self.on)
-    }
-}
-
-/// A periodic event (reconnect, re-offer) every `every`, never when zero.
-struct Every {
-    every: Duration,
-    next: Option<tokio::time::Instant>,
-}
-
-impl Every {
-    fn new(every: Duration) -> Self {
-        Self {
-            every,
-            next: (!every.is_zero()).then(|| tokio::time::Instant::now() + every),
-        }
-    }
-
-    /// Whether it is due now; if so, the next one is scheduled.
-    fn due(&mut self, now: tokio::time::Instant) -> bool {
-        if self.next.is_none_or(|t| now < t) {
-            return false;
-        }
-        self.next = Some(now + self.every);
-        true
-    }
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Bytes a signaling socket reads at a time.
-const WS_READ_BUFFER: usize = 4096;
-
-struct Signal {
-    ws: Ws,
-    next_id: u64,
-    queue: VecDeque<Value>,
-}
-
-impl Signal {
-    async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            // The library reads into a 128 KiB buffer it zeroes on every read: 17 % of this
-            // process's CPU at 200 callers (perf), for frames of a few KiB.
-            tokio_tungstenite::connect_async_with_config(
-                url,
-                Some(WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)),
-                false,
-            ),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("connect timeout"))??;
-        Ok(Self {
-            ws,
-            next_id: 0,
-            queue: VecDeque::new(),
-        })
-    }
-
-    async fn send(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
-        self.next_id += 1;
-        let frame =
-            json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
-        self.ws.send(Message::text(frame.to_string())).await?;
-        Ok(self.next_id)
-    }
-
-    /// The next notification or response: queued ones first, then the socket.
-    async fn next(&mut self) -> anyhow::Result<Value> {
-        match self.queue.pop_front() {
-            Some(v) => Ok(v),
-            None => self.next_raw().await,
-        }
-    }
-
-    /// Sends a request and waits for its response; notifications meanwhile are queued.
-    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.send(method, params).await?;
-        let mut held = Vec::new();
-        let result = loop {
-            let v = tokio::time::timeout(Duration::from_secs(10), self.next_raw())
-                .await
-                .map_err(|_| anyhow::anyhow!("{method}: no response"))??;
-            if v.get("id").and_then(Value::as_u64) == Some(id) {
-                break match v.get("error") {
-                    Some(e) => Err(anyhow::anyhow!("{method}: error {}", e["code"])),
-                    None => Ok(v["result"].clone()),
-                };
-            }
-            if v.get("method").is_some() {
-                held.push(v);
-            }
-        };
-        self.queue.extend(held);
-        result
-    }
-
-    async fn next_raw(&mut self) -> anyhow::Result<Value> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
-                Some(Ok(Message::Close(f))) => anyhow::bail!("signaling closed: {f:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("signaling closed"),
-            }
-        }
-    }
 }
 
 /// Runs one caller to the end; never panics, reports errors in the result.
@@ -329,7 +188,7 @@ async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow
             }
         }
     }
-    let _ = sig.ws.close(None).await;
+    sig.close().await;
     Ok(())
 }
 
@@ -781,77 +640,4 @@ fn seed(user: &str) -> u64 {
     user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// The server's IP, to pick the local interface that reaches it.
-async fn server_ip(url: &str) -> anyhow::Result<std::net::IpAddr> {
-    let rest = url
-        .split("://")
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("url: expected ws://HOST:PORT/ws"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let addr = tokio::net::lookup_host(hostport)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("url: cannot resolve {hostport}"))?;
-    Ok(addr.ip())
-}
-
-/// A media leg: a fresh str0m client on its own UDP socket, offered on `call_id`, with the
-/// server's answer applied. A reconnect or re-offer opens a new one, as an SDK does after a
-/// network change or an ICE restart.
-async fn open_leg(
-    shared: &Shared,
-    sig: &mut Signal,
-    call_id: &str,
-) -> anyhow::Result<(Rtc, LegSocket, SocketAddr, Mid, Option<Mid>)> {
-    let socket = UdpSocket::bind("0.0.0.0:0").await?;
-    let server_ip = server_ip(&shared.url).await?;
-    // Bind like the server will see us: the local address toward the server.
-    socket.connect((server_ip, 9)).await.ok();
-    let local: SocketAddr = match socket.local_addr() {
-        Ok(a) if !a.ip().is_unspecified() => a,
-        _ => SocketAddr::new(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            socket.local_addr()?.port(),
-        ),
-    };
-    let socket = {
-        // Re-bind on the concrete address (a connected socket would only talk to port 9).
-        drop(socket);
-        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
-    };
-    let local = socket.local_addr()?;
-    let mut rtc: Rtc = RtcConfig::new()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .set_rtcp_report_interval_audio(Duration::from_secs(1))
-        .build(Instant::now());
-    rtc.add_local_candidate(
-        Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
-    );
-    let mut api = rtc.sdp_api();
-    let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video_mid: Option<Mid> = shared
-        .video
-        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-    let (offer, pending) = api
-        .apply()
-        .ok_or_else(|| anyhow::anyhow!("offer: nothing to offer"))?;
-    let answer = sig
-        .request(
-            "offer",
-            json!({"call_id": call_id, "sdp": offer.to_sdp_string()}),
-        )
-        .await?;
-    // Server offers that came before this response were for the session it replaced.
-    sig.queue.retain(|n| n["method"] != "offer");
-    let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-    Ok((rtc, LegSocket::Reactor(socket), local, audio_mid, video_mid))
 }

@@ -10,10 +10,12 @@
 
 pub mod audio;
 pub mod caller;
+pub mod churn;
 pub mod impair;
 pub mod leg;
 pub mod plan;
 pub mod report;
+pub mod signal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
