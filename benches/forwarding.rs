@@ -69,19 +69,14 @@ fn bench(c: &mut Criterion) {
                             }
                             w.net.extend(rest);
                         }
-                        // Timed: the server routes, decrypts, rewrites and encrypts n copies,
-                        // serving the timeout the core asks for at once as the worker does
-                        // (str0m stamps and encrypts written packets there). Replayed on a
-                        // clock that only moves forward, as str0m's must.
+                        // Timed: the server routes, decrypts, rewrites, encrypts and sends n
+                        // copies, as its worker does. Replayed on a clock that only moves
+                        // forward, as str0m's must.
                         let mut at = w.now;
                         let t = Instant::now();
                         for (_, from, data) in &datagrams {
                             at += Duration::from_millis(20);
-                            w.server.handle_datagram(at, *from, data);
-                            if w.server.poll_timeout().is_some_and(|d| d <= at) {
-                                w.server.handle_timeout(at);
-                            }
-                            while w.server.poll_event().is_some() {}
+                            w.serve_datagram(at, *from, data);
                         }
                         total += t.elapsed();
                         w.now = at;

@@ -592,6 +592,21 @@ impl World {
         }
     }
 
+    /// Hands the server one datagram at `at` as its worker does: then the timeout the core
+    /// asks for at once (str0m stamps, encrypts and sends written packets there), then its
+    /// output drained and dropped. Returns how many datagrams it sent.
+    pub fn serve_datagram(&mut self, at: Instant, from: SocketAddr, data: &[u8]) -> usize {
+        self.server.handle_datagram(at, from, data);
+        if self.server.poll_timeout().is_some_and(|t| t <= at) {
+            self.server.handle_timeout(at);
+        }
+        let mut sent = 0;
+        while let Some(e) = self.server.poll_event() {
+            sent += usize::from(matches!(e, MediaEvent::Transmit { .. }));
+        }
+        sent
+    }
+
     /// Runs the world for `d` of virtual time.
     pub fn run(&mut self, d: Duration) {
         let end = self.now + d;

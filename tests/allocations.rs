@@ -117,31 +117,18 @@ fn forwarding_allocates_nothing_of_ours_per_packet() {
     let publisher = w.clients[0].addr;
     let warm = publisher_datagrams(&mut w, PACKETS);
     let measured = publisher_datagrams(&mut w, PACKETS);
-    // As the worker does: each datagram, then the timeout the core asks for at once (str0m
-    // stamps and encrypts written packets there), then its output drained.
-    let forward = |w: &mut World, at: std::time::Instant, data: &[u8]| {
-        w.server.handle_datagram(at, publisher, data);
-        if w.server.poll_timeout().is_some_and(|t| t <= at) {
-            w.server.handle_timeout(at);
-        }
-        let mut sent = 0;
-        while let Some(e) = w.server.poll_event() {
-            sent += usize::from(matches!(e, sfu::media::MediaEvent::Transmit { .. }));
-        }
-        sent
-    };
     // Replayed after the capture, on a clock that only moves forward (as str0m's must).
     let mut at = w.now;
     for (_, data) in &warm {
         at += Duration::from_millis(20);
-        forward(&mut w, at, data);
+        w.serve_datagram(at, publisher, data);
     }
     let before = w.server.counters().rtp_out_packets[0];
     COUNTING.with(|c| c.set(true));
     let mut sent = 0;
     for (_, data) in &measured {
         at += Duration::from_millis(20);
-        sent += forward(&mut w, at, data);
+        sent += w.serve_datagram(at, publisher, data);
     }
     COUNTING.with(|c| c.set(false));
     let forwarded = w.server.counters().rtp_out_packets[0] - before;

@@ -64,7 +64,14 @@ impl LegSocket {
         let Self::Polled(s) = self else {
             return None;
         };
-        let (n, source, at) = sfu::udp::recv_timed(s.as_raw_fd(), buf).ok()?;
+        // Skip what cannot be read (oversized, an ICMP error reported on the socket) rather
+        // than leave the rest for the next wake; bounded, so an error never spins.
+        let (n, source, at) =
+            (0..64).find_map(|_| match sfu::udp::recv_timed(s.as_raw_fd(), buf) {
+                Ok(got) => Some(Some(got)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(None),
+                Err(_) => None,
+            })??;
         let now = Instant::now();
         let waited = at
             .and_then(|at| SystemTime::now().duration_since(at).ok())

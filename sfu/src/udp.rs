@@ -90,7 +90,8 @@ pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// One datagram from the non-blocking socket `fd` into `buf`: its length, source and, if
+/// One datagram from the non-blocking socket `fd` into `buf` (a longer one is consumed and
+/// refused with `InvalidData`): its length, source and, if
 /// [`enable_rx_timestamps`] was called, when the kernel received it (wall clock). A reader that
 /// reads late (on its own schedule, not at readiness) still knows when each datagram came.
 pub fn recv_timed(
@@ -138,12 +139,14 @@ pub fn recv_timed(
             c = libc::CMSG_NXTHDR(&hdr, c);
         }
     }
-    let len = if hdr.msg_flags & libc::MSG_TRUNC != 0 {
-        buf.len()
-    } else {
-        n as usize
-    };
-    Ok((len, source, at))
+    if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        // As in `RecvBatch`: a datagram longer than the buffer is dropped whole, never cut.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram longer than the buffer",
+        ));
+    }
+    Ok((n as usize, source, at))
 }
 
 /// Receive buffers for one `recvmmsg`, reused for every call.

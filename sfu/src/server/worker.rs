@@ -7,7 +7,7 @@
 //! socket could not take yet waits, in order, for it to become writable.
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +104,6 @@ pub(crate) fn spawn(
                     });
                     Worker {
                         core,
-                        fd: socket.as_raw_fd(),
                         socket,
                         rx: RecvBatch::new(),
                         tx: SendQueue::new(SEND_QUEUE),
@@ -143,7 +142,6 @@ pub(crate) fn spawn(
 struct Worker {
     core: MediaCore,
     socket: UdpSocket,
-    fd: RawFd,
     rx: RecvBatch,
     tx: SendQueue,
     window: Duration,
@@ -247,7 +245,7 @@ impl Worker {
         let read_at = std::time::Instant::now();
         let mut taken = 0;
         for _ in 0..RECV_CALLS {
-            let (fd, batch) = (self.fd, &mut self.rx);
+            let (fd, batch) = (self.socket.as_raw_fd(), &mut self.rx);
             match self
                 .socket
                 .try_io(Interest::READABLE, || batch.recv(fd).map(|_| ()))
@@ -276,7 +274,7 @@ impl Worker {
     /// datagrams took from read to sent.
     fn send(&mut self) {
         if !self.tx.is_empty() {
-            let (fd, queue) = (self.fd, &mut self.tx);
+            let (fd, queue) = (self.socket.as_raw_fd(), &mut self.tx);
             // WouldBlock leaves the rest queued, in order, for the writable arm.
             let _ = self.socket.try_io(Interest::WRITABLE, || {
                 queue.flush(|b| crate::udp::send_batch(fd, b))

@@ -247,6 +247,13 @@ fn a_late_reader_still_learns_when_each_datagram_came() {
     assert!(at.expect("a kernel timestamp") >= first);
     let e = recv_timed(server.as_raw_fd(), &mut buf).expect_err("empty");
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    // Longer than the buffer: refused, consumed, and the next one reads whole.
+    client.send_to(&[7u8; 100], to).expect("send");
+    client.send_to(b"after", to).expect("send");
+    let e = recv_timed(server.as_raw_fd(), &mut buf).expect_err("oversized");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    let (n, _, _) = recv_timed(server.as_raw_fd(), &mut buf).expect("after");
+    assert_eq!(&buf[..n], b"after");
     // Without the option, no timestamp.
     let (plain, client) = pair("127.0.0.1");
     client
