@@ -436,6 +436,7 @@ impl World {
                 MediaEvent::Transmit {
                     destination,
                     contents,
+                    ..
                 } => self.send(server_addr(), destination, contents.to_vec()),
                 ev if self.model.is_some() => crate::pair::to_model(self, ev),
                 MediaEvent::Reply { ticket, result } => {

@@ -94,6 +94,41 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_UDP_PORT", value_name = "PORT")]
     pub udp_port: Option<u16>,
 
+    /// ICE-TCP (RFC 6544): each worker also listens for TCP and offers a passive `tcp` host
+    /// candidate, below UDP, for clients whose networks block UDP. [default: true]
+    #[arg(long, env = "SFU_ICE_TCP", value_name = "BOOL")]
+    pub ice_tcp: Option<bool>,
+
+    /// First ICE-TCP port; worker i uses PORT+i. 0 picks free ports. [default: --udp-port]
+    #[arg(long, env = "SFU_TCP_PORT", value_name = "PORT")]
+    pub tcp_port: Option<u16>,
+
+    /// A TURN server `login` hands clients, with short-lived credentials (coturn's REST API
+    /// scheme: `use-auth-secret`); repeatable, e.g. `turn:turn.example.com:3478?transport=udp`,
+    /// `turns:turn.example.com:5349?transport=tcp`. Needs --turn-secret.
+    #[arg(
+        long = "turn-url",
+        env = "SFU_TURN_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub turn_url: Vec<String>,
+
+    /// The TURN server's `static-auth-secret`. Prefer the env var.
+    #[arg(
+        long,
+        env = "SFU_TURN_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+
+    /// How long TURN credentials from `login` stay valid (coturn refuses an allocation, or its
+    /// refresh, once they expire: keep it above your longest call). [default: 24h]
+    #[arg(long, env = "SFU_TURN_TTL", value_name = "DURATION")]
+    pub turn_ttl: Option<Dur>,
+
     /// Media worker threads, each with its own UDP port; a call lives on one. [default: number of cores]
     #[arg(long, env = "SFU_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -257,6 +292,9 @@ pub struct ServeConfig {
     pub admin: Option<SocketAddr>,
     pub media_ip: std::net::IpAddr,
     pub udp_port: u16,
+    /// First ICE-TCP port, or `None` with ICE-TCP off.
+    pub tcp_port: Option<u16>,
+    pub turn: Option<crate::turn::TurnConfig>,
     pub workers: usize,
     pub quality_interval: Duration,
     pub volume_interval: Duration,
@@ -352,6 +390,20 @@ impl ServeArgs {
         if udp_port != 0 && usize::from(udp_port) + workers > 65536 {
             bail!("--udp-port {udp_port} leaves no room for {workers} workers");
         }
+        let tcp_port = match self.ice_tcp.unwrap_or(true) {
+            true => Some(self.tcp_port.unwrap_or(udp_port)),
+            false => None,
+        };
+        if let Some(p) = tcp_port.filter(|&p| p != 0)
+            && usize::from(p) + workers > 65536
+        {
+            bail!("--tcp-port {p} leaves no room for {workers} workers");
+        }
+        let turn = crate::turn::TurnConfig::new(
+            self.turn_url.clone(),
+            self.turn_secret.clone(),
+            self.turn_ttl.map(|d| d.0),
+        )?;
         if self.dev && !media_ip.is_loopback() {
             bail!("--dev binds loopback only (--media-ip {media_ip} is not)");
         }
@@ -480,6 +532,8 @@ impl ServeArgs {
             metrics,
             media_ip,
             udp_port,
+            tcp_port,
+            turn,
             workers,
             quality_interval,
             volume_interval,

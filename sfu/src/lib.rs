@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod directory;
+pub mod ice_tcp;
 pub mod limits;
 pub mod logging;
 pub mod media;
@@ -14,4 +15,5 @@ pub mod protocol;
 pub mod records;
 pub mod server;
 pub mod signaling;
+pub mod turn;
 pub mod udp;

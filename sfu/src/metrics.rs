@@ -3,8 +3,8 @@
 //! carry user or call ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::protocol::{Method, codes};
@@ -25,6 +25,9 @@ pub struct Metrics {
     pub push_webhooks: IntCounterVec,
     pub peers_active: IntGauge,
     pub peers_connected: IntCounter,
+    pub peers_by_transport: IntGaugeVec,
+    pub ice_tcp_connections: IntGauge,
+    pub ice_tcp_closed: IntCounterVec,
     pub peer_failures: IntCounterVec,
     pub ice_disconnects: IntCounter,
     pub rtp_packets: IntCounterVec,
@@ -144,6 +147,28 @@ impl Metrics {
                 "sfu_peers_connected_total",
                 "Peers whose ICE and DTLS completed.",
             ),
+            peers_by_transport: {
+                let name = "sfu_peers_by_transport";
+                families.borrow_mut().push(name);
+                let g = must(IntGaugeVec::new(
+                    Opts::new(
+                        name,
+                        "Connected Peers by how their media travels (udp; tcp: ICE-TCP; relay: through the member's TURN server, seen from their relay candidate).",
+                    ),
+                    &["transport"],
+                ));
+                must(registry.register(Box::new(g.clone())));
+                g
+            },
+            ice_tcp_connections: gauge(
+                "sfu_ice_tcp_connections",
+                "Open ICE-TCP connections on all workers.",
+            ),
+            ice_tcp_closed: counter(
+                "sfu_ice_tcp_closed_total",
+                "ICE-TCP connections closed, by reason (eof; error; idle: nothing for 30 s; not_ice: the first frame is not a STUN binding request; oversized: a frame over 2048 bytes; stalled: a write blocked 10 s; full: refused, the worker has 1024 open; shutdown).",
+                &["reason"],
+            ),
             peer_failures: counter(
                 "sfu_peer_failures_total",
                 "Peers that failed and were dropped, by stage (ice: ICE not connected within 30 s; dtls: ICE up but DTLS not within 30 s; rtc: str0m error or panic).",
@@ -174,7 +199,7 @@ impl Metrics {
             ),
             datagrams_dropped: counter(
                 "sfu_datagrams_dropped_total",
-                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; oversized: longer than 2048 bytes; send_failed: refused by the kernel; send_queue_full: the socket stayed full too long).",
+                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; oversized: longer than 2048 bytes; send_failed: refused by the kernel; send_queue_full: the socket stayed full too long; tcp_send_queue_full: an ICE-TCP connection's client reads too slowly; tcp_receive_queue_full: the worker is behind on ICE-TCP input; tcp_closed: sent to an ICE-TCP connection already gone).",
                 &["reason"],
             ),
             limits_hit: counter(
@@ -306,8 +331,23 @@ impl Metrics {
         for direction in ["received", "sent"] {
             self.keyframe_requests.with_label_values(&[direction]);
         }
-        for reason in ["unrouted", "over_rate", "send_failed"] {
+        for reason in [
+            "unrouted",
+            "over_rate",
+            "oversized",
+            "send_failed",
+            "send_queue_full",
+            "tcp_send_queue_full",
+            "tcp_receive_queue_full",
+            "tcp_closed",
+        ] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for t in crate::media::Transport::ALL {
+            self.peers_by_transport.with_label_values(&[t.as_str()]);
+        }
+        for reason in crate::server::ICE_TCP_CLOSE_REASONS {
+            self.ice_tcp_closed.with_label_values(&[reason]);
         }
         for reason in ["per_ip", "total", "failing"] {
             self.sockets_refused.with_label_values(&[reason]);

@@ -27,6 +27,15 @@ impl ServeArgs {
             admin: self.admin.or(file.admin),
             media_ip: self.media_ip.or(file.media_ip),
             udp_port: self.udp_port.or(file.udp_port),
+            ice_tcp: self.ice_tcp.or(file.ice_tcp),
+            tcp_port: self.tcp_port.or(file.tcp_port),
+            turn_url: if self.turn_url.is_empty() {
+                file.turn_url
+            } else {
+                self.turn_url
+            },
+            turn_secret: self.turn_secret.or(file.turn_secret),
+            turn_ttl: self.turn_ttl.or(file.turn_ttl),
             workers: self.workers.or(file.workers),
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),

@@ -60,8 +60,10 @@ pub enum MediaError {
 
 #[derive(Debug)]
 pub enum MediaEvent {
-    /// Send `contents` to `destination` from the worker's socket.
+    /// Send `contents` to `destination` from the worker's socket (`Udp`) or over the ICE-TCP
+    /// connection from that address (`Tcp`).
     Transmit {
+        proto: str0m::net::Protocol,
         destination: SocketAddr,
         contents: DatagramSend,
     },

@@ -33,4 +33,5 @@ pub mod worker;
 
 pub use command::{Command, MemberMedia, Ticket};
 pub use event::{Failure, Leg, MediaError, MediaEvent, QualityReport};
+pub use peer::Transport;
 pub use worker::{DEFAULT_TICK, MediaConfig, MediaCore, MediaCounters, MediaLimits};

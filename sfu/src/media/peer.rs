@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
-use str0m::net::Receive;
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -22,9 +22,13 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use super::command::MemberMedia;
 use super::event::{Failure, MediaError, MediaEvent};
 use super::quality::LinkQuality;
+use super::router::Source;
 use super::subscription::{SubId, SubState, Subscriptions};
 use super::track::Track;
 use crate::limits::TokenBucket;
+
+/// Relay candidates remembered per Peer (the rest do not change how it is counted).
+const MAX_RELAYS: usize = 8;
 
 /// Index of a Peer in its worker, with a generation so stale timers and routes are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,8 +97,10 @@ pub struct Peer {
     /// Whether this call carries video; in audio calls offered video is not published.
     pub video: bool,
     pub state: MemberMedia,
-    /// Source addresses str0m accepted, with when each last sent us something.
-    pub addrs: Vec<(SocketAddr, Instant)>,
+    /// Sources str0m accepted, with when each last sent us something.
+    pub addrs: Vec<(Source, Instant)>,
+    /// The member's relay candidates (TURN) they told us of, to tell a relayed path.
+    pub relays: Vec<SocketAddr>,
     pub tracks: Vec<Track>,
     pub subs: Subscriptions,
     pending: Option<SdpPendingOffer>,
@@ -122,6 +128,28 @@ pub struct Peer {
     pub volume: (f64, f64),
 }
 
+/// How a connected Peer's media travels: what `sfu_peers_connected{transport}` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    /// ICE-TCP to the worker's passive candidate.
+    Tcp,
+    /// Through the member's TURN server (a relay candidate of theirs sends to us).
+    Relay,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Relay];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Relay => "relay",
+        }
+    }
+}
+
 /// Runs one str0m call, turning a panic into a Peer failure. Every str0m call in the media
 /// core goes through here (parsers included), so a str0m bug costs one Peer, never a Worker.
 #[inline(always)]
@@ -136,6 +164,7 @@ impl Peer {
         id: PeerId,
         now: Instant,
         advertised: SocketAddr,
+        advertised_tcp: Option<SocketAddr>,
         call_id: &str,
         user: &str,
         offer: SdpOffer,
@@ -143,9 +172,25 @@ impl Peer {
         state: MemberMedia,
         sink: &mut Sink,
     ) -> Result<(Peer, String), MediaError> {
+        let unusable = |_| MediaError::BadSdp("media address unusable".into());
         let candidate = guarded(|| Candidate::host(advertised, "udp"))
-            .map_err(|_| MediaError::BadSdp("media address unusable".into()))?
+            .map_err(unusable)?
             .map_err(|e| MediaError::BadSdp(format!("media address: {e}")))?;
+        // Passive: clients connect to it (RFC 6544); str0m ranks TCP host below UDP host.
+        let tcp = match advertised_tcp {
+            Some(a) => Some(
+                guarded(|| {
+                    Candidate::builder()
+                        .tcp()
+                        .host(a)
+                        .tcptype(TcpType::Passive)
+                        .build()
+                })
+                .map_err(unusable)?
+                .map_err(|e| MediaError::BadSdp(format!("media TCP address: {e}")))?,
+            ),
+            None => None,
+        };
         let rtc = guarded(|| {
             let mut rtc = RtcConfig::new()
                 .set_rtp_mode(true)
@@ -156,10 +201,22 @@ impl Peer {
                 .set_stats_interval(Some(Duration::from_secs(1)))
                 .build(now);
             rtc.add_local_candidate(candidate);
+            if let Some(tcp) = tcp {
+                rtc.add_local_candidate(tcp);
+            }
             rtc
         })
         .map_err(|_| MediaError::BadSdp("media session could not be created".into()))?;
-        let fec = offer.to_sdp_string().contains("useinbandfec=1");
+        let sdp = offer.to_sdp_string();
+        let fec = sdp.contains("useinbandfec=1");
+        let relays = sdp
+            .lines()
+            .filter_map(|l| l.strip_prefix("a="))
+            .filter_map(|l| Candidate::from_sdp_string(l).ok())
+            .filter(|c| c.kind() == str0m::CandidateKind::Relayed)
+            .map(|c| c.addr())
+            .take(MAX_RELAYS)
+            .collect();
         let mut peer = Peer {
             id,
             rtc,
@@ -172,6 +229,7 @@ impl Peer {
             video,
             state,
             addrs: Vec::new(),
+            relays,
             tracks: Vec::new(),
             subs: Subscriptions::default(),
             pending: None,
@@ -200,6 +258,16 @@ impl Peer {
         self.id
     }
 
+    /// The transport of the source this Peer sent from last (its selected path, as ICE
+    /// connects on the pair it checks last).
+    pub fn current_transport(&self) -> Transport {
+        match self.addrs.iter().max_by_key(|(_, seen)| *seen) {
+            Some(((Protocol::Tcp, _), _)) => Transport::Tcp,
+            Some(((_, a), _)) if self.relays.contains(a) => Transport::Relay,
+            _ => Transport::Udp,
+        }
+    }
+
     /// Whether str0m takes a datagram from a source not yet known for this Peer.
     pub fn accepts(&self, input: &Input) -> bool {
         guarded(|| self.rtc.accepts(input)).unwrap_or(false)
@@ -226,6 +294,9 @@ impl Peer {
         c: Candidate,
         sink: &mut Sink,
     ) -> Result<(), Failure> {
+        if c.kind() == str0m::CandidateKind::Relayed && self.relays.len() < MAX_RELAYS {
+            self.relays.push(c.addr());
+        }
         self.mutate(now, sink, |rtc| rtc.add_remote_candidate(c))
     }
 
@@ -478,6 +549,7 @@ impl Peer {
                 }
                 Ok(Ok(Output::Transmit(t))) => {
                     sink.out.push_back(MediaEvent::Transmit {
+                        proto: t.proto,
                         destination: t.destination,
                         contents: t.contents,
                     });

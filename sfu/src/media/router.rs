@@ -7,17 +7,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use str0m::net::Protocol;
+
 use super::peer::PeerId;
+
+/// Where a datagram came from: the transport counts, as a client's TCP connection and another
+/// client's UDP socket may share an address and port.
+pub type Source = (Protocol, SocketAddr);
 
 #[derive(Default)]
 pub struct Router {
-    by_addr: HashMap<SocketAddr, PeerId>,
+    by_addr: HashMap<Source, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
 }
 
 impl Router {
     #[inline]
-    pub fn route(&self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+    pub fn route(&self, source: Source, contents: &[u8]) -> Option<PeerId> {
         if let Some(&id) = self.by_addr.get(&source) {
             return Some(id);
         }
@@ -36,18 +42,18 @@ impl Router {
     }
 
     /// `source` is one of Peer `id`'s addresses (its Rtc accepted a datagram from it).
-    pub fn learn(&mut self, source: SocketAddr, id: PeerId) {
+    pub fn learn(&mut self, source: Source, id: PeerId) {
         self.by_addr.insert(source, id);
     }
 
     /// `source` is no longer one of Peer `id`'s addresses.
-    pub fn forget(&mut self, source: SocketAddr, id: PeerId) {
+    pub fn forget(&mut self, source: Source, id: PeerId) {
         if self.by_addr.get(&source) == Some(&id) {
             self.by_addr.remove(&source);
         }
     }
 
-    pub fn remove_peer(&mut self, id: PeerId, ufrag: &str, addrs: &[(SocketAddr, Instant)]) {
+    pub fn remove_peer(&mut self, id: PeerId, ufrag: &str, addrs: &[(Source, Instant)]) {
         for (a, _) in addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);
@@ -89,7 +95,10 @@ mod tests {
         let mut r = Router::default();
         r.add_peer("ufA", a);
         r.add_peer("ufB", b);
-        let src: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let src = (
+            Protocol::Udp,
+            "192.0.2.1:5000".parse::<SocketAddr>().unwrap(),
+        );
         assert_eq!(r.route(src, &binding("ufB:theirs")), Some(b));
         assert_eq!(r.route(src, &binding("nobody:theirs")), None);
         assert_eq!(r.route(src, b"\x80\x60junk"), None);
@@ -101,5 +110,19 @@ mod tests {
         // A stale Peer's removal leaves a newer owner of the ufrag alone.
         r.remove_peer(a, "ufB", &[]);
         assert_eq!(r.route(src, &binding("ufB:x")), Some(b));
+    }
+
+    #[test]
+    fn a_tcp_source_is_not_the_udp_source_of_the_same_address() {
+        let (a, b) = (PeerId::new(0, 0), PeerId::new(1, 0));
+        let mut r = Router::default();
+        let addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        r.learn((Protocol::Udp, addr), a);
+        r.learn((Protocol::Tcp, addr), b);
+        assert_eq!(r.route((Protocol::Udp, addr), b"\x80\x60rtp"), Some(a));
+        assert_eq!(r.route((Protocol::Tcp, addr), b"\x80\x60rtp"), Some(b));
+        r.forget((Protocol::Tcp, addr), b);
+        assert_eq!(r.route((Protocol::Tcp, addr), b"\x80\x60rtp"), None);
+        assert_eq!(r.route((Protocol::Udp, addr), b"\x80\x60rtp"), Some(a));
     }
 }

@@ -73,6 +73,9 @@ pub struct MediaConfig {
     /// The host candidate advertised to clients (`--media-ip` and the worker's port). Every
     /// datagram is taken as received on this address (str0m drops STUN to unknown addresses).
     pub advertised: SocketAddr,
+    /// The passive ICE-TCP candidate (RFC 6544), when the worker listens for TCP; frames of
+    /// its connections are taken as received on it.
+    pub advertised_tcp: Option<SocketAddr>,
     /// How often `quality` is reported per member and direction.
     pub quality_interval: Duration,
     /// How often `volume` is reported per call (and availability checked).
@@ -87,6 +90,7 @@ impl MediaConfig {
     pub fn new(advertised: SocketAddr) -> Self {
         Self {
             advertised,
+            advertised_tcp: None,
             quality_interval: Duration::from_secs(5),
             volume_interval: Duration::from_millis(300),
             limits: MediaLimits::default(),
@@ -209,6 +213,18 @@ impl MediaCore {
         self.slots.iter().filter(|s| s.peer.is_some()).count()
     }
 
+    /// Connected Peers by how their media travels, in [`super::Transport::ALL`]'s order. O(Peers):
+    /// for the once-a-second flush, not the packet path.
+    pub fn peers_by_transport(&self) -> [usize; 3] {
+        let mut n = [0; 3];
+        for p in self.slots.iter().filter_map(|s| s.peer.as_ref()) {
+            if p.connected {
+                n[p.current_transport() as usize] += 1;
+            }
+        }
+        n
+    }
+
     /// Test hook: the next str0m mutation of `user`'s Peer in `call_id` panics, as a str0m bug
     /// would. Returns whether there is such a Peer.
     #[doc(hidden)]
@@ -277,8 +293,32 @@ impl MediaCore {
     }
 
     /// One UDP datagram from `source`.
+    #[inline]
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, contents: &[u8]) {
-        let Some(id) = self.router.route(source, contents) else {
+        self.handle_input(now, Protocol::Udp, source, contents);
+    }
+
+    /// One datagram from `source` over `proto`: UDP, or a frame of an ICE-TCP connection
+    /// (RFC 4571), the connection named by the client's address.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        contents: &[u8],
+    ) {
+        let destination = match proto {
+            Protocol::Tcp => match self.cfg.advertised_tcp {
+                Some(a) => a,
+                None => {
+                    self.counters.datagrams_unrouted += 1;
+                    return;
+                }
+            },
+            _ => self.cfg.advertised,
+        };
+        let key = (proto, source);
+        let Some(id) = self.router.route(key, contents) else {
             self.counters.datagrams_unrouted += 1;
             return;
         };
@@ -287,9 +327,9 @@ impl MediaCore {
             return;
         };
         let receive = Receive {
-            proto: Protocol::Udp,
+            proto,
             source,
-            destination: self.cfg.advertised,
+            destination,
             contents,
         };
         let Some(peer) = slot_peer(&mut self.slots, id) else {
@@ -299,7 +339,7 @@ impl MediaCore {
             self.counters.datagrams_over_rate += 1;
             return;
         }
-        let known = match peer.addrs.iter_mut().find(|(a, _)| *a == source) {
+        let known = match peer.addrs.iter_mut().find(|(a, _)| *a == key) {
             Some(entry) => {
                 entry.1 = now;
                 true
@@ -333,8 +373,8 @@ impl MediaCore {
                 let (old, _) = peer.addrs.remove(i);
                 self.router.forget(old, id);
             }
-            peer.addrs.push((source, now));
-            self.router.learn(source, id);
+            peer.addrs.push((key, now));
+            self.router.learn(key, id);
             return self.receive(now, id, r);
         }
         self.receive(now, id, receive);

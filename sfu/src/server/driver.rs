@@ -25,6 +25,8 @@ pub(crate) enum Input {
         conn: ConnId,
         id: RequestId,
         user: String,
+        /// TURN servers with this user's credentials.
+        ice_servers: Vec<serde_json::Value>,
     },
     Request {
         conn: ConnId,
@@ -171,7 +173,12 @@ fn observe(shared: &Shared, event: &MediaEvent) {
 fn apply(model: &mut CallModel, shared: &Shared, input: Input) {
     let now = Instant::now().into_std();
     match input {
-        Input::Login { conn, id, user } => model.login(now, conn, id, user),
+        Input::Login {
+            conn,
+            id,
+            user,
+            ice_servers,
+        } => model.login_with(now, conn, id, user, ice_servers),
         Input::Request {
             conn,
             id,

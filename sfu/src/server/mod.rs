@@ -6,6 +6,7 @@ mod admission;
 mod driver;
 mod health;
 mod http;
+mod ice_tcp;
 mod push;
 mod session;
 mod worker;
@@ -27,6 +28,7 @@ use crate::records::CallRecorder;
 use crate::signaling::{ConnId, ModelConfig};
 
 pub(crate) use driver::Input;
+pub(crate) use ice_tcp::CLOSE_REASONS as ICE_TCP_CLOSE_REASONS;
 
 /// What every task of one server shares.
 pub(crate) struct Shared {
@@ -65,6 +67,8 @@ pub struct RunningServer {
     pub metrics: Arc<Metrics>,
     /// The UDP address each media Worker advertises.
     pub media_addrs: Vec<SocketAddr>,
+    /// The ICE-TCP address each media Worker advertises (empty with ICE-TCP off).
+    pub media_tcp_addrs: Vec<SocketAddr>,
     health: Arc<health::Health>,
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -141,6 +145,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
     let mut workers = Vec::new();
     let mut threads = Vec::new();
+    let mut tcp_tasks = Vec::new();
     for index in 0..cfg.workers {
         let port = if cfg.udp_port == 0 {
             0
@@ -148,9 +153,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             cfg.udp_port + index as u16
         };
         let bind = SocketAddr::new(cfg.media_bind_ip(), port);
-        let (handle, thread) = worker::spawn(
+        let tcp_bind = match cfg.tcp_port {
+            None => worker::TcpBind::Off,
+            Some(0) => worker::TcpBind::SameAsUdp(cfg.media_bind_ip()),
+            Some(p) => worker::TcpBind::At(SocketAddr::new(cfg.media_bind_ip(), p + index as u16)),
+        };
+        let (handle, thread, tcp_task) = worker::spawn(
             index,
             bind,
+            tcp_bind,
             cfg.media_ip,
             crate::media::MediaConfig {
                 quality_interval: cfg.quality_interval,
@@ -171,9 +182,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         )?;
         workers.push(handle);
         threads.push(thread);
+        tcp_tasks.extend(tcp_task);
     }
     drop(media_tx);
     let media_addrs: Vec<SocketAddr> = workers.iter().map(|w| w.advertised).collect();
+    let media_tcp_addrs: Vec<SocketAddr> =
+        workers.iter().filter_map(|w| w.advertised_tcp).collect();
     let push = push::spawn(cfg.push_webhook.clone(), metrics.clone())?;
 
     let model_cfg = ModelConfig {
@@ -244,6 +258,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             shared.cfg.http_header_timeout,
         )),
     ];
+    tasks.extend(tcp_tasks);
     #[cfg(unix)]
     if let Some(path) = shared.cfg.keys_file.clone() {
         tasks.push(tokio::spawn(reload_keys_on_sighup(path, shared.clone())));
@@ -258,12 +273,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
     }
     drop(shared);
     let media: Vec<String> = media_addrs.iter().map(ToString::to_string).collect();
+    let ice_tcp: Vec<String> = media_tcp_addrs.iter().map(ToString::to_string).collect();
     let admin = admin_addr.map_or_else(|| "on http".to_string(), |a| a.to_string());
     tracing::info!(
         http = %http_addr,
         metrics = %metrics_addr,
         admin = %admin,
         media = %media.join(","),
+        ice_tcp = %ice_tcp.join(","),
         "sfu listening"
     );
     Ok(RunningServer {
@@ -271,6 +288,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         metrics_addr,
         metrics,
         media_addrs,
+        media_tcp_addrs,
         threads,
         health,
         tasks,

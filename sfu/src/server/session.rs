@@ -225,7 +225,16 @@ async fn on_text(
         match verify_login(shared, params) {
             Ok(user) => {
                 *authed = true;
-                Input::Login { conn, id, user }
+                let ice_servers = match &shared.cfg.turn {
+                    Some(turn) => turn.ice_servers(&user, unix_now()),
+                    None => Vec::new(),
+                };
+                Input::Login {
+                    conn,
+                    id,
+                    user,
+                    ice_servers,
+                }
             }
             Err(e) => {
                 respond(sink, shared, id, Some(method), Err(e)).await;

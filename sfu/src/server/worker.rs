@@ -1,12 +1,13 @@
 //! Media Workers: one OS thread each, owning one UDP socket and the [`MediaCore`] of the calls
-//! placed on it. The thread moves datagrams (in batches: `recvmmsg`/`sendmmsg`), commands and
-//! time in and out of the core, and flushes its counters to Prometheus once a second (never
-//! per packet).
+//! placed on it. The thread moves datagrams (in batches: `recvmmsg`/`sendmmsg`), ICE-TCP
+//! frames (from and to the connection tasks of [`super::ice_tcp`]), commands and time in and
+//! out of the core, and flushes its counters to Prometheus once a second (never per packet).
 //!
 //! Invariant: after every wake-up the send queue has been offered to the socket; what the
 //! socket could not take yet waits, in order, for it to become writable.
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::Input;
+use super::ice_tcp::TcpInput;
 use crate::media::{Command, MediaConfig, MediaCore, MediaCounters, MediaEvent};
 use crate::metrics::Metrics;
 use crate::udp::{RecvBatch, SendQueue};
+use str0m::net::Protocol;
 
 /// `recvmmsg` calls per wake-up before looking at commands and timers again.
 const RECV_CALLS: usize = 8;
@@ -31,6 +34,8 @@ const SEND_QUEUE: usize = 8192;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Commands taken per batch window while busy (the rest wait for the next window).
 const COMMANDS_PER_POLL: usize = 256;
+/// ICE-TCP inputs taken per batch window while busy.
+const TCP_INPUTS_PER_POLL: usize = 1024;
 /// How often counters go to Prometheus.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -39,6 +44,18 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct WorkerHandle {
     pub tx: mpsc::Sender<Command>,
     pub advertised: SocketAddr,
+    /// The passive ICE-TCP candidate, with ICE-TCP on.
+    pub advertised_tcp: Option<SocketAddr>,
+}
+
+/// Where a Worker listens for ICE-TCP.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TcpBind {
+    Off,
+    /// This address exactly.
+    At(SocketAddr),
+    /// The UDP socket's port if free, else any (with `--udp-port 0`).
+    SameAsUdp(std::net::IpAddr),
 }
 
 /// What a Worker thread is connected to.
@@ -55,14 +72,22 @@ pub(crate) struct Links {
     pub batch_window: Duration,
 }
 
-/// Binds the socket of Worker `index` and starts its thread.
+/// A started Worker: its handle, its thread and its ICE-TCP accept task.
+pub(crate) type Spawned = (
+    WorkerHandle,
+    std::thread::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+/// Binds the sockets of Worker `index` and starts its thread.
 pub(crate) fn spawn(
     index: usize,
     bind: SocketAddr,
+    tcp_bind: TcpBind,
     media_ip: std::net::IpAddr,
     media: MediaConfig,
     links: Links,
-) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+) -> anyhow::Result<Spawned> {
     let Links {
         to_driver,
         metrics,
@@ -86,6 +111,30 @@ pub(crate) fn spawn(
     }
     let port = socket.local_addr()?.port();
     let advertised = SocketAddr::new(media_ip, port);
+    let listener = match tcp_bind {
+        TcpBind::Off => None,
+        TcpBind::At(a) => Some(
+            StdTcpListener::bind(a)
+                .map_err(|e| anyhow::anyhow!("cannot bind ICE-TCP listener {a}: {e}"))?,
+        ),
+        TcpBind::SameAsUdp(ip) => Some(
+            StdTcpListener::bind((ip, port))
+                .or_else(|_| StdTcpListener::bind((ip, 0)))
+                .map_err(|e| anyhow::anyhow!("cannot bind ICE-TCP listener on {ip}: {e}"))?,
+        ),
+    };
+    let advertised_tcp = match &listener {
+        Some(l) => Some(SocketAddr::new(media_ip, l.local_addr()?.port())),
+        None => None,
+    };
+    let (tcp_task, tcp_rx) = match listener {
+        Some(l) => {
+            let (inbox, tcp_rx) = mpsc::channel(super::ice_tcp::INBOX);
+            let task = super::ice_tcp::spawn(l, inbox, metrics.clone(), shutdown.clone())?;
+            (Some(task), Some(tcp_rx))
+        }
+        None => (None, None),
+    };
     let (tx, rx) = mpsc::channel(super::WORKER_COMMAND_QUEUE);
     let thread = std::thread::Builder::new()
         .name(format!("sfu-worker-{index}"))
@@ -100,6 +149,7 @@ pub(crate) fn spawn(
                         UdpSocket::from_std(socket).map_err(|e| format!("socket failed: {e}"))?;
                     let core = MediaCore::new(MediaConfig {
                         advertised,
+                        advertised_tcp,
                         ..media
                     });
                     Worker {
@@ -117,9 +167,14 @@ pub(crate) fn spawn(
                         read_at: None,
                         forwarded: 0,
                         panic_media_of,
+                        tcp: HashMap::new(),
+                        tcp_dropped: [0; 2],
+                        flushed_tcp: [0; 2],
+                        transport_reported: [0; 3],
                     }
                     .run(
                         rx,
+                        tcp_rx,
                         shutdown,
                         fail_after.map(|d| std::time::Instant::now() + d),
                     )
@@ -135,8 +190,18 @@ pub(crate) fn spawn(
             };
             health.failed("worker", reason);
         })?;
-    tracing::info!(worker = index, media = %advertised, "media worker listening");
-    Ok((WorkerHandle { tx, advertised }, thread))
+    match advertised_tcp {
+        Some(tcp) => {
+            tracing::info!(worker = index, media = %advertised, ice_tcp = %tcp, "media worker listening")
+        }
+        None => tracing::info!(worker = index, media = %advertised, "media worker listening"),
+    }
+    let handle = WorkerHandle {
+        tx,
+        advertised,
+        advertised_tcp,
+    };
+    Ok((handle, thread, tcp_task))
 }
 
 struct Worker {
@@ -157,6 +222,13 @@ struct Worker {
     read_at: Option<std::time::Instant>,
     forwarded: u64,
     panic_media_of: Option<String>,
+    /// Open ICE-TCP connections, by the client's address: where their datagrams go.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Datagrams for ICE-TCP connections dropped (queue full, connection gone), and as flushed.
+    tcp_dropped: [u64; 2],
+    flushed_tcp: [u64; 2],
+    /// Connected Peers by transport as last added to the shared gauge.
+    transport_reported: [i64; 3],
 }
 
 impl Worker {
@@ -168,6 +240,7 @@ impl Worker {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
+        mut tcp_rx: Option<mpsc::Receiver<TcpInput>>,
         mut shutdown: watch::Receiver<bool>,
         fail_at: Option<std::time::Instant>,
     ) {
@@ -179,6 +252,17 @@ impl Worker {
             while let Some(at) = linger {
                 std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
                 linger = self.receive();
+                if let Some(tcp_rx) = &mut tcp_rx {
+                    let mut took = 0;
+                    while took < TCP_INPUTS_PER_POLL {
+                        let Ok(input) = tcp_rx.try_recv() else { break };
+                        self.tcp_input(input);
+                        took += 1;
+                    }
+                    if took > 0 && linger.is_none() && !self.window.is_zero() {
+                        linger = Some(std::time::Instant::now() + self.window);
+                    }
+                }
                 for _ in 0..COMMANDS_PER_POLL {
                     match rx.try_recv() {
                         Ok(cmd) => self.command(cmd),
@@ -214,6 +298,13 @@ impl Worker {
                     }
                 }
                 _ = self.socket.writable(), if !self.tx.is_empty() => {}
+                Some(input) = tcp_recv(&mut tcp_rx) => {
+                    self.tcp_input(input);
+                    // Let more frames gather, as a UDP datagram does.
+                    if !self.window.is_zero() {
+                        linger = Some(std::time::Instant::now() + self.window);
+                    }
+                }
                 // Without the driver no command comes; the driver's supervisor fails the
                 // server, and this worker waits for the shutdown that follows.
                 cmd = rx.recv(), if !driver_gone => match cmd {
@@ -236,6 +327,12 @@ impl Worker {
         }
         self.flush();
         self.metrics.peers_active.sub(self.peers_reported);
+        for t in crate::media::Transport::ALL {
+            self.metrics
+                .peers_by_transport
+                .with_label_values(&[t.as_str()])
+                .sub(self.transport_reported[t as usize]);
+        }
     }
 
     /// Reads and handles what the socket holds (up to [`RECV_CALLS`] batches); returns when
@@ -295,8 +392,23 @@ impl Worker {
         while let Some(event) = self.core.poll_event() {
             match event {
                 MediaEvent::Transmit {
+                    proto: Protocol::Tcp,
                     destination,
                     contents,
+                } => match self.tcp.get(&destination) {
+                    // Never wait for a client's TCP window: drop and let NACK and congestion
+                    // control deal with it, as with a lossy UDP path.
+                    Some(conn) => {
+                        if conn.try_send(contents.into()).is_err() {
+                            self.tcp_dropped[0] += 1;
+                        }
+                    }
+                    None => self.tcp_dropped[1] += 1,
+                },
+                MediaEvent::Transmit {
+                    destination,
+                    contents,
+                    ..
                 } => self.tx.push(destination, contents.into()),
                 other => {
                     // Never wait on the driver: a full queue means it is stuck (supervision
@@ -310,6 +422,29 @@ impl Worker {
                             .inc();
                     }
                 }
+            }
+        }
+    }
+
+    /// A connection opened or closed, or a frame of one.
+    fn tcp_input(&mut self, input: TcpInput) {
+        match input {
+            TcpInput::Open { peer, tx } => {
+                self.tcp.insert(peer, tx);
+            }
+            TcpInput::Closed { peer } => {
+                self.tcp.remove(&peer);
+            }
+            TcpInput::Frame { peer, data } => {
+                let now = std::time::Instant::now();
+                self.read_at.get_or_insert(now);
+                let out = |c: &MediaCounters| c.rtp_out_packets[0] + c.rtp_out_packets[1];
+                let before = out(self.core.counters());
+                self.core.handle_input(now, Protocol::Tcp, peer, &data);
+                if out(self.core.counters()) != before {
+                    self.forwarded += 1;
+                }
+                self.transmit();
             }
         }
     }
@@ -389,6 +524,23 @@ impl Worker {
                 .inc_by(now - then);
         }
         self.flushed_io = io;
+        for (reason, (now, then)) in ["tcp_send_queue_full", "tcp_closed"]
+            .iter()
+            .zip(self.tcp_dropped.iter().zip(self.flushed_tcp))
+        {
+            m.datagrams_dropped
+                .with_label_values(&[reason])
+                .inc_by(now - then);
+        }
+        self.flushed_tcp = self.tcp_dropped;
+        let by = self.core.peers_by_transport();
+        for (t, n) in crate::media::Transport::ALL.iter().zip(by) {
+            let delta = n as i64 - self.transport_reported[*t as usize];
+            m.peers_by_transport
+                .with_label_values(&[t.as_str()])
+                .add(delta);
+            self.transport_reported[*t as usize] = n as i64;
+        }
         let peers = self.core.peers() as i64;
         m.peers_active.add(peers - self.peers_reported);
         self.peers_reported = peers;
@@ -396,6 +548,13 @@ impl Worker {
             h.flush();
         }
         self.flushed = c;
+    }
+}
+
+async fn tcp_recv(rx: &mut Option<mpsc::Receiver<TcpInput>>) -> Option<TcpInput> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -216,11 +216,26 @@ impl CallModel {
         }
     }
 
-    /// A `login` whose token the shell has verified.
+    /// A `login` whose token the shell has verified; its result carries the configured
+    /// `ice_servers`.
     pub fn login(&mut self, now: Instant, conn: ConnId, id: RequestId, user: String) {
+        let ice_servers = self.cfg.ice_servers.clone();
+        self.login_with(now, conn, id, user, ice_servers);
+    }
+
+    /// A verified `login` whose result carries `ice_servers` (TURN credentials minted for
+    /// this user by the shell).
+    pub fn login_with(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: RequestId,
+        user: String,
+        ice_servers: Vec<Value>,
+    ) {
         self.handle_timeout(now);
         let mark = self.out.len();
-        let result = self.do_login(conn, &user);
+        let result = self.do_login(conn, &user, ice_servers);
         self.respond_at(mark, conn, id, Method::Login, result);
     }
 

@@ -30,6 +30,7 @@ fn our_offer_waits_for_the_reply_then_one_at_a_time() {
         id,
         now,
         "10.0.0.1:5000".parse().unwrap(),
+        Some("10.0.0.1:5000".parse().unwrap()),
         "call",
         "bob",
         offer,
@@ -38,6 +39,16 @@ fn our_offer_waits_for_the_reply_then_one_at_a_time() {
         &mut sink,
     )
     .unwrap();
+    // ICE-TCP: a passive TCP host candidate, ranked below the UDP one.
+    let prio = |proto: &str| {
+        let line = answer
+            .lines()
+            .find(|l| l.starts_with("a=candidate") && l.contains(&format!(" {proto} ")))
+            .unwrap_or_else(|| panic!("no {proto} candidate in {answer}"));
+        line.split(' ').nth(3).unwrap().parse::<u32>().unwrap()
+    };
+    assert!(answer.contains("tcptype passive"), "{answer}");
+    assert!(prio("tcp") < prio("udp"), "{answer}");
     c.sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
         .unwrap();

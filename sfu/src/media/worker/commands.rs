@@ -47,9 +47,9 @@ impl MediaCore {
             out: &mut self.out,
             events: &mut self.events,
         };
-        let advertised = self.cfg.advertised;
+        let (udp, tcp) = (self.cfg.advertised, self.cfg.advertised_tcp);
         let accepted = Peer::accept(
-            id, now, advertised, call_id, user, offer, video, state, &mut sink,
+            id, now, udp, tcp, call_id, user, offer, video, state, &mut sink,
         );
         let (mut peer, answer) = match accepted {
             Ok(x) => x,

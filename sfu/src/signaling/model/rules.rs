@@ -14,7 +14,12 @@ use crate::signaling::params;
 use crate::signaling::timers::Timer;
 
 impl CallModel {
-    pub(super) fn do_login(&mut self, conn: ConnId, user: &str) -> Result<Value, RpcError> {
+    pub(super) fn do_login(
+        &mut self,
+        conn: ConnId,
+        user: &str,
+        ice_servers: Vec<Value>,
+    ) -> Result<Value, RpcError> {
         if let Some(Some(_)) = self.conns.get(&conn) {
             return Err(RpcError::wrong_state(
                 "already logged in on this socket: logout first",
@@ -40,7 +45,7 @@ impl CallModel {
         Ok(json!({
             "user": user,
             "session_id": format!("{}-s{}", self.cfg.instance, conn.0),
-            "ice_servers": self.cfg.ice_servers,
+            "ice_servers": ice_servers,
         }))
     }
 
