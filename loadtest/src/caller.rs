@@ -12,7 +12,7 @@ use serde_json::json;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::MediaKind;
-use str0m::net::{Protocol, Receive};
+use str0m::net::Receive;
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::{Event, Input, Output, Rtc};
 
@@ -63,6 +63,8 @@ pub struct Plan {
 pub struct Shared {
     pub url: String,
     pub video: bool,
+    /// Media over ICE-TCP instead of UDP.
+    pub tcp: bool,
     /// Media time once connected.
     pub talk_for: Duration,
     /// How long a caller waits for an answer before giving up, and a callee for an invite.
@@ -378,7 +380,7 @@ async fn media(
                 {
                     str0m_now = Instant::now();
                     let input = Input::Receive(str0m_now, Receive {
-                        proto: Protocol::Udp,
+                        proto: socket.proto(),
                         source,
                         destination: local,
                         contents,
@@ -438,7 +440,7 @@ async fn media(
                 let input = Input::Receive(
                     arrived,
                     Receive {
-                        proto: Protocol::Udp,
+                        proto: socket.proto(),
                         source,
                         destination: local,
                         contents,

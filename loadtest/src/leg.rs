@@ -4,17 +4,22 @@
 //! its next frame or serve a timer), with the kernel's arrival time of each datagram, so that
 //! hundreds of callers do not wake a thread per datagram and latency and jitter stay true.
 //! [`open_leg`] opens one: a str0m client, its socket and the server's answer to its offer.
+//! With `--transport tcp` the leg is an ICE-TCP connection to the server's passive candidate
+//! instead (RFC 6544 active side, RFC 4571 framing), always on the reactor.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use serde_json::json;
+use sfu::ice_tcp::{FrameDecoder, encode};
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, TcpType};
 use str0m::{Candidate, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::caller::Shared;
 use crate::signal::Signal;
@@ -22,26 +27,104 @@ use crate::signal::Signal;
 pub enum LegSocket {
     Reactor(UdpSocket),
     Polled(std::net::UdpSocket),
+    Tcp(TcpLeg),
+}
+
+/// Bytes waiting for a slow TCP connection; past this, datagrams are dropped as a full UDP
+/// socket buffer would drop them.
+const TCP_BACKLOG: usize = 256 * 1024;
+
+/// An ICE-TCP connection to the server, framed.
+pub struct TcpLeg {
+    stream: TcpStream,
+    server: SocketAddr,
+    frames: FrameDecoder,
+    /// Framed bytes not yet taken by the socket.
+    out: BytesMut,
+    closed: bool,
+}
+
+impl TcpLeg {
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.out.len() + data.len() + 2 <= TCP_BACKLOG {
+            encode(&mut self.out, data).map_err(io::Error::other)?;
+        }
+        while !self.out.is_empty() {
+            match self.stream.try_write(&self.out) {
+                Ok(n) => {
+                    let _ = self.out.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(data.len())
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            if self.closed {
+                return std::future::pending().await;
+            }
+            match self.frames.next_frame() {
+                Ok(Some(f)) => {
+                    let n = f.len().min(buf.len());
+                    buf[..n].copy_from_slice(&f[..n]);
+                    return Ok((n, self.server));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.closed = true;
+                    return Err(io::Error::other(e));
+                }
+            }
+            self.stream.readable().await?;
+            match self.stream.try_read_buf(self.frames.buffer()) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 impl LegSocket {
-    pub fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+    pub fn try_send_to(&mut self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
         match self {
             Self::Reactor(s) => s.try_send_to(data, to),
             Self::Polled(s) => s.send_to(data, to),
+            Self::Tcp(t) => t.send(data),
         }
     }
 
     /// The next datagram, as soon as it comes; never, once polled (see [`LegSocket::poll`]).
-    pub async fn recv_now(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    pub async fn recv_now(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         match self {
             Self::Reactor(s) => s.recv_from(buf).await,
             Self::Polled(_) => std::future::pending().await,
+            Self::Tcp(t) => t.recv(buf).await,
         }
     }
 
+    /// Whether it is read by [`LegSocket::poll`] (a TCP leg never is: it stays on the
+    /// reactor, and counts as done switching).
     pub fn is_polled(&self) -> bool {
-        matches!(self, Self::Polled(_))
+        matches!(self, Self::Polled(_) | Self::Tcp(_))
+    }
+
+    /// The transport str0m must be told datagrams came over.
+    pub fn proto(&self) -> Protocol {
+        match self {
+            Self::Tcp(_) => Protocol::Tcp,
+            _ => Protocol::Udp,
+        }
     }
 
     /// Takes the socket off the reactor; from now on read it with [`LegSocket::poll`].
@@ -53,7 +136,7 @@ impl LegSocket {
                 sfu::udp::enable_rx_timestamps(s.as_raw_fd())?;
                 Ok(Self::Polled(s))
             }
-            polled => Ok(polled),
+            other => Ok(other),
         }
     }
 
@@ -103,23 +186,6 @@ pub async fn open_leg(
     sig: &mut Signal,
     call_id: &str,
 ) -> anyhow::Result<(Rtc, LegSocket, SocketAddr, Mid, Option<Mid>)> {
-    let socket = UdpSocket::bind("0.0.0.0:0").await?;
-    let server_ip = server_ip(&shared.url).await?;
-    // Bind like the server will see us: the local address toward the server.
-    socket.connect((server_ip, 9)).await.ok();
-    let local: SocketAddr = match socket.local_addr() {
-        Ok(a) if !a.ip().is_unspecified() => a,
-        _ => SocketAddr::new(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            socket.local_addr()?.port(),
-        ),
-    };
-    let socket = {
-        // Re-bind on the concrete address (a connected socket would only talk to port 9).
-        drop(socket);
-        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
-    };
-    let local = socket.local_addr()?;
     let mut rtc: Rtc = RtcConfig::new()
         .set_rtp_mode(true)
         .clear_codecs()
@@ -127,9 +193,16 @@ pub async fn open_leg(
         .enable_vp8(true)
         .set_rtcp_report_interval_audio(Duration::from_secs(1))
         .build(Instant::now());
-    rtc.add_local_candidate(
-        Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
-    );
+    let udp = match shared.tcp {
+        true => None,
+        false => {
+            let (socket, local) = udp_socket(&shared.url).await?;
+            rtc.add_local_candidate(
+                Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
+            );
+            Some((socket, local))
+        }
+    };
     let mut api = rtc.sdp_api();
     let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let video_mid: Option<Mid> = shared
@@ -146,10 +219,71 @@ pub async fn open_leg(
         .await?;
     // Server offers that came before this response were for the session it replaced.
     sig.queue.retain(|n| n["method"] != "offer");
-    let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    let answer = answer["sdp"].as_str().unwrap_or_default();
+    let (socket, local) = match udp {
+        Some((socket, local)) => (LegSocket::Reactor(socket), local),
+        None => {
+            // The active side of ICE-TCP: connect to the server's passive candidate, then
+            // tell str0m the connection's local end is our candidate.
+            let server = passive_tcp_candidate(answer).ok_or_else(|| {
+                anyhow::anyhow!("answer: no passive tcp candidate (ICE-TCP off?)")
+            })?;
+            let stream = TcpStream::connect(server)
+                .await
+                .map_err(|e| anyhow::anyhow!("ICE-TCP connect {server}: {e}"))?;
+            stream.set_nodelay(true)?;
+            let local = stream.local_addr()?;
+            let c = Candidate::builder()
+                .tcp()
+                .host(local)
+                .tcptype(TcpType::Active)
+                .build()
+                .map_err(|e| anyhow::anyhow!("candidate: {e}"))?;
+            rtc.add_local_candidate(c);
+            let leg = TcpLeg {
+                stream,
+                server,
+                frames: FrameDecoder::new(sfu::udp::DATAGRAM_MAX),
+                out: BytesMut::new(),
+                closed: false,
+            };
+            (LegSocket::Tcp(leg), local)
+        }
+    };
+    let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
     rtc.sdp_api()
         .accept_answer(pending, answer)
         .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
-    Ok((rtc, LegSocket::Reactor(socket), local, audio_mid, video_mid))
+    Ok((rtc, socket, local, audio_mid, video_mid))
+}
+
+/// The address of the `tcptype passive` candidate in an SDP.
+fn passive_tcp_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .find(|c| c.proto() == Protocol::Tcp && c.tcptype() == Some(TcpType::Passive))
+        .map(|c| c.addr())
+}
+
+/// A UDP socket bound like the server will see us: on the local address toward the server.
+async fn udp_socket(url: &str) -> anyhow::Result<(UdpSocket, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+    let server_ip = server_ip(url).await?;
+    // Bind like the server will see us: the local address toward the server.
+    socket.connect((server_ip, 9)).await.ok();
+    let local: SocketAddr = match socket.local_addr() {
+        Ok(a) if !a.ip().is_unspecified() => a,
+        _ => SocketAddr::new(
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            socket.local_addr()?.port(),
+        ),
+    };
+    let socket = {
+        // Re-bind on the concrete address (a connected socket would only talk to port 9).
+        drop(socket);
+        UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?
+    };
+    let local = socket.local_addr()?;
+    Ok((socket, local))
 }

@@ -35,6 +35,16 @@ pub enum Scenario {
     Group,
 }
 
+/// How callers' media reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// The server's UDP host candidate.
+    Udp,
+    /// ICE-TCP to the server's passive `tcp` candidate (RFC 6544), as a client whose network
+    /// blocks UDP.
+    Tcp,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MediaArg {
     Audio,
@@ -93,6 +103,10 @@ pub struct Args {
     pub group_size: usize,
     #[arg(long, value_enum, default_value = "audio")]
     pub media: MediaArg,
+    /// Media over UDP, or over ICE-TCP (checks that clients behind UDP-blocking firewalls
+    /// connect; the server must run with ICE-TCP on, its default).
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: TransportArg,
     /// Media time per connected call.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub duration: Duration,
@@ -171,6 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let shared = Arc::new(caller::Shared {
         url: args.url.clone(),
         video: args.media == MediaArg::Video,
+        tcp: args.transport == TransportArg::Tcp,
         talk_for: args.duration,
         wait: args.duration + Duration::from_secs(40),
         impairment: Impairment {

@@ -137,6 +137,23 @@ impl Server {
         format!("ws://{}/ws", self.http)
     }
 
+    /// The ICE-TCP address of each media worker, from the server's start-up log line.
+    pub fn ice_tcp_addrs(&self) -> Vec<SocketAddr> {
+        let log = self.log.lock().unwrap();
+        let line = log
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "sfu listening")
+            .expect("start-up line");
+        line["ice_tcp"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(|a| a.parse().unwrap())
+            .collect()
+    }
+
     pub fn token(&self, user: &str) -> String {
         Auth::new(DEV_SECRET.as_bytes())
             .mint(user, None, false, Duration::from_secs(3600), unix_now())

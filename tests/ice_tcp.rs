@@ -1,0 +1,174 @@
+//! ICE-TCP against the real `sfu`: `loadtest --transport tcp` (20 callers with no UDP
+//! candidate at all) connects, hears everyone and is counted as TCP; hostile TCP clients
+//! (not ICE, oversized frames, a flood of connections past the cap) are closed and counted
+//! while a call beside them goes on. Chromium over ICE-TCP is in tests/browser_network.rs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Server;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn loadtest(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
+    let report: PathBuf =
+        std::env::temp_dir().join(format!("loadtest-{}-{name}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let out = tokio::process::Command::new(common::loadtest_bin())
+        .arg("--url")
+        .arg(s.ws_url())
+        .arg("--report")
+        .arg(&report)
+        .args(["--quiet", "--prefix", name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let _ = std::fs::remove_file(&report);
+    eprintln!("{name}:\n{stdout}");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_over_ice_tcp_connects_everyone_and_verifies() {
+    let s = Server::start(&["--quality-interval", "2s"]).await;
+    assert_eq!(
+        s.ice_tcp_addrs().len(),
+        2,
+        "one ICE-TCP listener per worker"
+    );
+    let run = loadtest(
+        &s,
+        "tcp",
+        &[
+            "--transport",
+            "tcp",
+            "--calls",
+            "10",
+            "--media",
+            "video",
+            "--duration",
+            "8s",
+            "--ramp",
+            "20",
+        ],
+    );
+    // While it runs, the server counts its Peers as TCP (never UDP: the callers offer no
+    // UDP candidate).
+    let watch = async {
+        let mut peak = 0.0f64;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(s.metric("sfu_peers_by_transport{transport=\"tcp\"}").await);
+            assert_eq!(
+                s.metric("sfu_peers_by_transport{transport=\"udp\"}").await,
+                0.0
+            );
+            if peak >= 20.0 {
+                break;
+            }
+        }
+        peak
+    };
+    let ((code, r), peak) = tokio::join!(run, watch);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["callers"], 20);
+    assert_eq!(r["calls"]["connected"], 10);
+    assert_eq!(r["verification_failures"], serde_json::json!([]), "{r:#}");
+    assert!(
+        r["loss"].as_f64().unwrap() < 0.01,
+        "loopback loss {}",
+        r["loss"]
+    );
+    assert!(r["packets_received"].as_u64().unwrap() > 20 * 300);
+    assert!(r["mos_up"]["p50"].as_f64().unwrap() > 4.2, "{r:#}");
+    assert_eq!(peak, 20.0, "every connected Peer is counted as TCP");
+    // Every connection closed cleanly once its caller left, and the gauge is back to 0.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.metric("sfu_ice_tcp_connections").await, 0.0);
+    let text = s.metrics_text().await;
+    let closed: f64 = ["eof", "error"]
+        .iter()
+        .map(|r| {
+            common::sample_value(
+                &text,
+                &format!("sfu_ice_tcp_closed_total{{reason=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert!(closed >= 20.0, "{closed} closed by their clients");
+    assert_eq!(
+        s.metric("sfu_peers_by_transport{transport=\"tcp\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tcp_clients_are_closed_and_counted_beside_a_call() {
+    let s = Server::start(&[]).await;
+    let tcp = s.ice_tcp_addrs()[0];
+    // A call over ICE-TCP runs beside all of this.
+    let call = loadtest(
+        &s,
+        "beside",
+        &["--transport", "tcp", "--calls", "2", "--duration", "8s"],
+    );
+    let hostile = async {
+        // Not ICE: an RTP-looking first frame.
+        let mut c = TcpStream::connect(tcp).await.unwrap();
+        c.write_all(&[0, 4, 0x80, 0, 0, 1]).await.unwrap();
+        let mut b = [0; 16];
+        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
+        // A length over the frame limit.
+        let mut c = TcpStream::connect(tcp).await.unwrap();
+        c.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
+        // 100,000 junk bytes in one go.
+        let mut c = TcpStream::connect(tcp).await.unwrap();
+        let _ = c.write_all(&vec![0x5a; 100_000]).await;
+        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
+        // A flood past the per-worker cap: 1,100 connections held open.
+        let mut held = Vec::new();
+        for _ in 0..1_100 {
+            if let Ok(c) = TcpStream::connect(tcp).await {
+                held.push(c);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let open = s.metric("sfu_ice_tcp_connections").await;
+        let full = s.metric("sfu_ice_tcp_closed_total{reason=\"full\"}").await;
+        drop(held);
+        (open, full)
+    };
+    let ((code, r), (open, full)) = tokio::join!(call, hostile);
+    assert_eq!(code, 0, "the call beside was not disturbed: {r:#}");
+    assert_eq!(r["verification_failures"], serde_json::json!([]), "{r:#}");
+    assert!(r["loss"].as_f64().unwrap() < 0.01, "loss {}", r["loss"]);
+    assert!(open <= 1024.0 + 4.0, "capped per worker: {open} open");
+    assert!(full >= 70.0, "the rest refused: {full}");
+    assert!(
+        s.metric("sfu_ice_tcp_closed_total{reason=\"not_ice\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        s.metric("sfu_ice_tcp_closed_total{reason=\"oversized\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(s.metric("sfu_healthy").await, 1.0);
+}
