@@ -18,6 +18,10 @@ if [ "$mode" != build ]; then
   # The browser demo test: Debian's Chromium, and Node.js for playwright-core.
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+  # tests/browser_network.rs: Chromium with UDP to the server dropped (nftables) connects
+  # over ICE-TCP, and relay-only through a real coturn.
+  command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+  command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
   # scripts/bench.sh reads /metrics and the loadtest's JSON report.
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)

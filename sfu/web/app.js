@@ -38,6 +38,7 @@ const state = {
   sig: null,
   me: null,
   call: null, // { id, media, pc, local, incoming }
+  iceServers: [], // TURN servers with this login's credentials (login's `ice_servers`)
   tiles: new Map(), // user -> { fig, video, meter, audio, videoBadge, quality, stream }
 };
 
@@ -63,6 +64,7 @@ $("login-form").addEventListener("submit", async (e) => {
     await state.sig.opened;
     const res = await state.sig.request("login", { token });
     state.me = res.user;
+    state.iceServers = res.ice_servers || [];
     $("me").textContent = `logged in as ${state.me}`;
     show("idle-view");
     status("");
@@ -131,7 +133,10 @@ async function connectMedia() {
   for (const t of state.tiles.values()) {
     if (t.stream) t.stream.getTracks().forEach((tr) => t.stream.removeTrack(tr));
   }
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  // "Relay only" checks TURN: every path goes through the TURN servers from `login`.
+  const relay = $("relay-only").checked;
+  if (relay && state.iceServers.length === 0) status("Relay only, but the server hands out no TURN servers (--turn-url)");
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: relay ? "relay" : "all" });
   call.pc = pc;
   for (const track of local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
   pc.ontrack = (e) => {
@@ -408,6 +413,21 @@ window.sfuDemo = {
       if (s.type === "inbound-rtp") out[s.kind] += s.bytesReceived || 0;
     });
     return out;
+  },
+  // The selected path: our candidate's type (host, srflx, prflx, relay) and the transport to
+  // the server (udp, tcp).
+  path: async () => {
+    const pc = state.call?.pc;
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    return { local: local?.candidateType, remote: remote?.candidateType, protocol: remote?.protocol, relayProtocol: local?.relayProtocol };
   },
   meter: (user) => parseFloat(state.tiles.get(user)?.meter.style.width || "0"),
 };

@@ -4,12 +4,16 @@
 // that the speaking peers' volume meters move, that quality badges appear, and that hanging
 // up returns every page to idle. Saves a screenshot of an active call.
 //
-// Usage: node demo.mjs http://127.0.0.1:PORT ARTIFACT_DIR
+// MODE `tcp` or `relay` runs a 1v1 video call only and checks the path it took (getStats's
+// selected candidate pair): over TCP to the server (the test drops UDP to it), or from a
+// TURN relay candidate (both pages tick "relay only").
+//
+// Usage: node demo.mjs http://127.0.0.1:PORT ARTIFACT_DIR [all|tcp|relay]
 
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, artifacts] = process.argv.slice(2);
+const [base, artifacts, mode = "all"] = process.argv.slice(2);
 if (!base || !artifacts) {
   console.error("usage: node demo.mjs BASE_URL ARTIFACT_DIR");
   process.exit(2);
@@ -129,7 +133,28 @@ async function allIdle(members) {
   }
 }
 
-try {
+/** The selected ICE path of every member satisfies `want`. */
+async function pathIs(members, what, want) {
+  for (const m of members) {
+    const p = await until(`${m.user} has a selected path`, () => m.page.evaluate(() => window.sfuDemo.path()));
+    check(want(p), `${m.user}: media path is ${what}: ${JSON.stringify(p)}`);
+  }
+}
+
+async function network(mode) {
+  const alice = await open("alice");
+  const bob = await open("bob");
+  if (mode === "relay") for (const m of [alice, bob]) await m.page.check("#relay-only");
+  await call(alice, [bob], "video");
+  await mediaFlows([alice, bob], true);
+  if (mode === "tcp") await pathIs([alice, bob], "ICE-TCP", (p) => p.protocol === "tcp");
+  else await pathIs([alice, bob], "a TURN relay", (p) => p.local === "relay");
+  await alice.page.screenshot({ path: `${artifacts}/call-${mode}.png`, fullPage: true });
+  await alice.page.click("#hangup");
+  await allIdle([alice, bob]);
+}
+
+async function everything() {
   // 1v1 audio + video.
   const alice = await open("alice");
   const bob = await open("bob");
@@ -152,6 +177,11 @@ try {
   await alice.page.screenshot({ path: `${artifacts}/call-group.png`, fullPage: true });
   for (const m of [alice, bob, carol]) await m.page.click("#hangup").catch(() => {});
   await allIdle([alice, bob, carol]);
+}
+
+try {
+  if (mode === "all") await everything();
+  else await network(mode);
   console.log("all browser checks passed");
 } catch (err) {
   console.error(`FAILED: ${err.message}`);

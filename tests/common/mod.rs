@@ -139,13 +139,22 @@ impl Server {
 
     /// The ICE-TCP address of each media worker, from the server's start-up log line.
     pub fn ice_tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.listening("ice_tcp")
+    }
+
+    /// The UDP address of each media worker.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.listening("media")
+    }
+
+    fn listening(&self, field: &str) -> Vec<SocketAddr> {
         let log = self.log.lock().unwrap();
         let line = log
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["message"] == "sfu listening")
             .expect("start-up line");
-        line["ice_tcp"]
+        line[field]
             .as_str()
             .unwrap_or_default()
             .split(',')
