@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: a release `sfu` and `loadtest` on this machine at fixed loads, with the
 # server's CPU per forwarded packet read from /proc over a steady window.
-#   ./scripts/bench.sh [LOAD...]     loads: 1v1-200 1v1-1000 group8-av (default: all three)
+#   ./scripts/bench.sh [LOAD...]     loads: 1v1-200 1v1-1000 group8-av (default: all three),
+#                                    and over ICE-TCP: 1v1-200-tcp group8-av-tcp
 # Per load it prints one Markdown row: server CPU µs per forwarded packet, context switches
 # per second, RSS per Peer, loadtest CPU per caller, loss, latency p50/p95/p99, MOS p50, and
 # the verification result. Figures go to docs/perf.md; compare runs made one after the other.
@@ -40,6 +41,8 @@ for load in "${loads[@]}"; do
     1v1-200) lt=(--calls 100 --media audio); callers=200 ;;
     1v1-1000) lt=(--calls 500 --media audio); callers=1000 ;;
     group8-av) lt=(--scenario group --group-size 8 --calls 4 --media video); callers=32 ;;
+    1v1-200-tcp) lt=(--calls 100 --media audio --transport tcp); callers=200 ;;
+    group8-av-tcp) lt=(--scenario group --group-size 8 --calls 4 --media video --transport tcp); callers=32 ;;
     *) echo "bench: unknown load $load" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086

@@ -172,3 +172,37 @@ async fn hostile_tcp_clients_are_closed_and_counted_beside_a_call() {
     );
     assert_eq!(s.metric("sfu_healthy").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_hands_out_turn_credentials_for_the_user() {
+    let s = Server::start(&[
+        "--turn-url",
+        "turn:turn.example.com:3478?transport=udp",
+        "--turn-url",
+        "turns:turn.example.com:5349?transport=tcp",
+        "--turn-secret",
+        "coturn-shared-secret",
+        "--turn-ttl",
+        "1h",
+    ])
+    .await;
+    let mut c = s.client().await;
+    let r = c
+        .request("login", serde_json::json!({"token": s.token("alice")}))
+        .await
+        .unwrap();
+    let servers = r["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 1, "{r}");
+    assert_eq!(servers[0]["urls"].as_array().unwrap().len(), 2);
+    let username = servers[0]["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    let now = sfu::auth::unix_now();
+    assert!(
+        (now + 3590..=now + 3610).contains(&expiry),
+        "valid 1 h: {expiry} at {now}"
+    );
+    let (_, credential) = sfu::turn::credentials("coturn-shared-secret", "alice", expiry);
+    assert_eq!(servers[0]["credential"], credential.as_str());
+}

@@ -208,3 +208,83 @@ fn port_in_use_is_reported() {
     assert!(!ok);
     assert!(err.contains("cannot listen on --http"), "{err}");
 }
+
+#[test]
+fn ice_tcp_and_turn_settings() {
+    // ICE-TCP on by default, on the worker's UDP port number when free; off on request.
+    let listening = |extra: &[&str]| {
+        let err = serve_until_listening(
+            sfu()
+                .args([
+                    "serve",
+                    "--dev",
+                    "--http",
+                    "127.0.0.1:0",
+                    "--metrics",
+                    "127.0.0.1:0",
+                ])
+                .args(["--udp-port", "0", "--workers", "1", "--log-format", "json"])
+                .args(extra),
+        );
+        let line = err.lines().find(|l| l.contains("sfu listening")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        (
+            v["media"].as_str().unwrap().to_string(),
+            v["ice_tcp"].as_str().unwrap().to_string(),
+        )
+    };
+    let (udp, tcp) = listening(&[]);
+    assert!(
+        udp.starts_with("127.0.0.1:") && tcp.starts_with("127.0.0.1:"),
+        "{udp} {tcp}"
+    );
+    let (_, tcp) = listening(&["--ice-tcp", "false"]);
+    assert_eq!(tcp, "", "ICE-TCP off");
+    // A TCP port already taken is a clear start-up error.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let (ok, _, err) = run(sfu().args([
+        "serve",
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--udp-port",
+        "0",
+        "--workers",
+        "1",
+        "--tcp-port",
+        &port,
+    ]));
+    assert!(!ok);
+    assert!(err.contains("cannot bind ICE-TCP listener"), "{err}");
+    // TURN: URLs need the secret, and bad URLs say why.
+    let (ok, _, err) = run(sfu()
+        .args(["serve", "--dev"])
+        .env("SFU_TURN_URLS", "turn:turn.example.com:3478"));
+    assert!(!ok);
+    assert!(err.contains("--turn-secret"), "{err}");
+    let (ok, _, err) = run(sfu().args([
+        "serve",
+        "--dev",
+        "--turn-url",
+        "http://turn.example.com",
+        "--turn-secret",
+        "s",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("scheme"), "{err}");
+    let (ok, out, _) = run(sfu().args(["serve", "--help"]));
+    assert!(ok);
+    for flag in [
+        "--ice-tcp",
+        "--tcp-port",
+        "--turn-url",
+        "--turn-secret",
+        "--turn-ttl",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from help");
+    }
+    assert!(out.contains("SFU_TURN_URLS") && out.contains("SFU_TURN_SECRET"));
+}
