@@ -82,13 +82,7 @@ pub struct Client {
 impl Client {
     pub fn new(index: u8, name: &str, now: Instant) -> Self {
         let addr: SocketAddr = format!("10.0.1.{}:6000", index + 1).parse().unwrap();
-        let mut rtc = RtcConfig::new()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .set_rtcp_report_interval_audio(Duration::from_secs(1))
-            .build(now);
+        let mut rtc = client_rtc(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         Self {
             name: name.to_string(),
@@ -122,12 +116,25 @@ impl Client {
     }
 }
 
+fn client_rtc(now: Instant) -> Rtc {
+    RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .set_rtcp_report_interval_audio(Duration::from_secs(1))
+        .build(now)
+}
+
 /// Marks a synthetic payload that carries its send instant (bytes 10..18).
 const TRANSIT_MARK: u8 = 0xA5;
 
 pub struct Packet {
     pub at: Instant,
     pub seq: u64,
+    /// UDP, or a frame of an ICE-TCP connection (reliable and in order: never lost or
+    /// jittered here).
+    pub proto: Protocol,
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
@@ -215,6 +222,23 @@ impl World {
     }
 
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.send_on(Protocol::Udp, from, to, data);
+    }
+
+    /// Sends over `proto`: TCP frames take the base delay only.
+    pub fn send_on(&mut self, proto: Protocol, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if proto == Protocol::Tcp {
+            self.net_seq += 1;
+            self.net.push(Reverse(Packet {
+                at: self.now + self.delay,
+                seq: self.net_seq,
+                proto,
+                from,
+                to,
+                data,
+            }));
+            return;
+        }
         let p = self.loss.get(&(from, to)).copied().unwrap_or(0.0);
         if p > 0.0 && self.rng.chance(p) {
             return;
@@ -249,6 +273,7 @@ impl World {
         self.net.push(Reverse(Packet {
             at: self.now + self.delay + extra,
             seq: self.net_seq,
+            proto: Protocol::Udp,
             from,
             to,
             data,
@@ -279,6 +304,26 @@ impl World {
         self.clients.push(c);
         let i = self.clients.len() - 1;
         self.offer(i, media, video_call);
+        i
+    }
+
+    /// Joins over ICE-TCP: the client's only candidate is an active TCP one, so its media
+    /// reaches the server's passive TCP candidate (the world needs `advertised_tcp`).
+    pub fn join_tcp(&mut self, name: &str, media: &[MediaKind]) -> usize {
+        let index = self.clients.len() as u8;
+        let mut c = Client::new(index, name, self.now);
+        c.rtc = client_rtc(self.now);
+        c.rtc.add_local_candidate(
+            Candidate::builder()
+                .tcp()
+                .host(c.addr)
+                .tcptype(str0m::net::TcpType::Active)
+                .build()
+                .unwrap(),
+        );
+        self.clients.push(c);
+        let i = self.clients.len() - 1;
+        self.offer(i, media, true);
         i
     }
 
@@ -385,7 +430,7 @@ impl World {
                 Output::Timeout(_) => break,
                 Output::Transmit(t) => {
                     let from = self.clients[i].addr;
-                    self.send(from, t.destination, t.contents.to_vec());
+                    self.send_on(t.proto, from, t.destination, t.contents.to_vec());
                 }
                 Output::Event(e) => {
                     let c = &mut self.clients[i];
@@ -434,10 +479,10 @@ impl World {
             };
             match ev {
                 MediaEvent::Transmit {
+                    proto,
                     destination,
                     contents,
-                    ..
-                } => self.send(server_addr(), destination, contents.to_vec()),
+                } => self.send_on(proto, server_addr(), destination, contents.to_vec()),
                 ev if self.model.is_some() => crate::pair::to_model(self, ev),
                 MediaEvent::Reply { ticket, result } => {
                     self.answered(ticket, result.as_ref().ok().cloned().flatten());
@@ -632,13 +677,13 @@ impl World {
             while self.net.peek().is_some_and(|Reverse(p)| p.at <= self.now) {
                 let Reverse(p) = self.net.pop().unwrap();
                 if p.to == server_addr() {
-                    self.server.handle_datagram(self.now, p.from, &p.data);
+                    self.server.handle_input(self.now, p.proto, p.from, &p.data);
                     self.drain_server();
                 } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.to) {
                     let input = Input::Receive(
                         self.now,
                         Receive {
-                            proto: Protocol::Udp,
+                            proto: p.proto,
                             source: p.from,
                             destination: p.to,
                             contents: p.data.as_slice().try_into().unwrap(),

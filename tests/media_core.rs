@@ -345,3 +345,43 @@ fn timer_deadlines_ride_the_tick_and_none_is_missed() {
         "every periodic report still comes"
     );
 }
+
+/// ICE-TCP in the core: a member whose only candidate is TCP (a firewall drops their UDP)
+/// reaches the worker's passive TCP candidate, on the same address number as the UDP one
+/// (sources are told apart by transport), and hears and is heard by a UDP member with no gap,
+/// for a long call on the virtual clock.
+#[test]
+fn a_member_over_ice_tcp_hears_and_is_heard_beside_a_udp_member() {
+    let mut w = World::with_config(MediaConfig {
+        advertised_tcp: Some(server_addr()),
+        ..MediaConfig::new(server_addr())
+    });
+    let media = [MediaKind::Audio, MediaKind::Video];
+    w.join("alice", &media);
+    let bob = w.join_tcp("bob", &media);
+    let answer = w.clients[bob].answer_sdp.clone().unwrap();
+    assert!(answer.contains("tcptype passive"), "{answer}");
+    w.run(Duration::from_secs(3));
+    assert_eq!(
+        w.server.peers_by_transport(),
+        [1, 1, 0],
+        "alice UDP, bob TCP"
+    );
+    let before = w.snapshot();
+    w.run(Duration::from_secs(120));
+    let after = w.snapshot();
+    for (r, s) in [(0, 1), (1, 0)] {
+        for k in media {
+            let sent = after.sent(s, k) - before.sent(s, k);
+            let got = after.got(r, s, k) - before.got(r, s, k);
+            assert!(sent > 1000, "{k:?} sent {sent}");
+            assert!(got + 10 >= sent, "{r} got {got} of {s}'s {sent} {k:?}");
+        }
+    }
+    assert_eq!(
+        w.clients[bob].gaps.values().sum::<u64>(),
+        0,
+        "no gap over TCP"
+    );
+    assert_eq!(w.server.counters().datagrams_unrouted, 0);
+}

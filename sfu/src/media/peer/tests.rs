@@ -68,6 +68,10 @@ fn our_offer_waits_for_the_reply_then_one_at_a_time() {
     peer.replied = true;
     let ours = peer.negotiate(now, &mut sink).unwrap().expect("our offer");
     assert!(ours.contains("a=msid:alice alice-audio"), "{ours}");
+    assert!(
+        ours.contains("tcptype passive"),
+        "server offers carry the TCP candidate too"
+    );
     assert_eq!(
         peer.negotiate(now, &mut sink),
         Ok(None),
