@@ -22,6 +22,8 @@ if [ "$mode" != build ]; then
   # over ICE-TCP, and relay-only through a real coturn.
   command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
   command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+  # tests/cluster_store.rs: each test starts its own redis-server on an ephemeral port.
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
   # scripts/bench.sh reads /metrics and the loadtest's JSON report.
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)

@@ -4,6 +4,7 @@
 //! WebSocket frames, timers and webhooks in and out of it. See `docs/architecture.md`.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod ice_tcp;

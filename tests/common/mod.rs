@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod media;
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,0 +1,29 @@
+//! The cluster's shared state, in Redis (issue 13, first part: the store; the call model does
+//! not use it yet). What lives there, each entry owned by one node and dead with it:
+//!
+//! - the node registry: `sfu:node:{id}` (a hash: signaling and media addresses, load),
+//!   expiring [`NODE_TTL`] after the node's last heartbeat, and the set `sfu:nodes`;
+//! - presence: `sfu:user:{user}` = `node|session`, valid while that node is alive;
+//! - busy claims: `sfu:busy:{user}` = `call|host`, taken for every member of a call at once by a
+//!   Lua script (all or none: two nodes racing for the same callee cannot both win), and free
+//!   again when released or when the host node is dead;
+//! - per-node inboxes for cross-node messages: a Redis Stream `sfu:inbox:{node}` each,
+//!   capped at [`INBOX_MAX`] entries. Streams rather than pub/sub: a reader that lost its
+//!   connection for a moment resumes after the last entry it saw instead of losing what was
+//!   published meanwhile, and the cap bounds what a dead reader leaves behind.
+//!
+//! Invariant: every call here has a deadline (the connection's response timeout); Redis being
+//! away costs an error, never a hang, and the connection comes back by itself.
+
+use std::time::Duration;
+
+mod store;
+
+pub use store::{Claim, Inbox, NodeInfo, Presence, Store, StoreError};
+
+/// A node missing heartbeats this long is dead.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// How often a node refreshes its entry.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Entries kept in a node's inbox.
+pub const INBOX_MAX: usize = 10_000;
