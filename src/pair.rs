@@ -90,7 +90,11 @@ pub fn settle(w: &mut World) -> bool {
                 }
                 w.server.handle_command(w.now, cmd);
             }
-            Output::Close { .. } | Output::Push(_) | Output::Event(_) => {}
+            Output::Close { .. }
+            | Output::Push(_)
+            | Output::Event(_)
+            | Output::Claim { .. }
+            | Output::Release { .. } => {}
         }
     }
 }

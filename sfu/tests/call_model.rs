@@ -79,6 +79,9 @@ impl H {
                 Output::Push(p) => self.pushes.push(p),
                 Output::Event(e) => self.events.push(e),
                 Output::Media(m) => self.media.push(m),
+                other @ (Output::Claim { .. } | Output::Release { .. }) => {
+                    panic!("claims are off on one node: {other:?}")
+                }
             }
         }
     }

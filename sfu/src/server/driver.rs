@@ -222,6 +222,8 @@ fn carry_out(
             ),
         },
         Output::Event(event) => record(shared, workers, event),
+        // Only with ModelConfig::claims (a cluster), which this server does not set yet.
+        Output::Claim { .. } | Output::Release { .. } => {}
     }
 }
 

@@ -199,6 +199,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         ice_servers: Vec::new(),
         max_invites_per_minute: cfg.max_invites_per_minute,
         max_pushes_per_minute: cfg.max_pushes_per_minute,
+        claims: false,
     };
     let cfg_records = cfg.call_records;
     let cdr = match &cfg.cdr_file {

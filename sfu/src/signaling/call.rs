@@ -53,6 +53,9 @@ pub struct Call {
     /// Set by the first `accept`: from then on the caller's hangup is a plain leave.
     pub answered: bool,
     pub members: Vec<Member>,
+    /// Callees whose cluster claim is in flight (`ModelConfig::claims`), with who invited
+    /// them and the `to` of that request: members once granted.
+    pub claiming: Vec<(String, String, Vec<String>)>,
 }
 
 impl Call {
@@ -85,10 +88,15 @@ impl Call {
     }
 
     /// PROTOCOL.md: the call goes on while at least two members are joined or any invite is
-    /// pending. With nobody joined at all, pending invites are cancelled: nobody would be
+    /// pending (or being claimed). With nobody joined at all, pending invites are cancelled: nobody would be
     /// there to talk to.
     pub fn should_end(&self) -> bool {
         let joined = self.joined().count();
-        joined == 0 || (joined < 2 && self.pending_count() == 0)
+        joined == 0 || (joined < 2 && self.pending_count() == 0 && self.claiming.is_empty())
+    }
+
+    /// Whether `user` is a member or being claimed for this call.
+    pub fn involves(&self, user: &str) -> bool {
+        self.member(user).is_some() || self.claiming.iter().any(|(u, _, _)| u == user)
     }
 }

@@ -16,6 +16,8 @@ use crate::protocol::{
 };
 
 mod budgets;
+mod claims;
+mod invites;
 mod media;
 mod requests;
 mod rules;
@@ -39,6 +41,11 @@ pub struct ModelConfig {
     pub max_invites_per_minute: u32,
     /// Push webhooks per offline callee per minute; more invites ring without a push.
     pub max_pushes_per_minute: u32,
+    /// In a cluster, whether a user is busy is known to the cluster, not to this model alone:
+    /// every member of a call is claimed for it ([`Output::Claim`], answered by
+    /// [`CallModel::claimed`]), a callee is invited only once their claim is granted, and a
+    /// member who leaves is released ([`Output::Release`]).
+    pub claims: bool,
 }
 
 impl Default for ModelConfig {
@@ -52,6 +59,7 @@ impl Default for ModelConfig {
             ice_servers: Vec::new(),
             max_invites_per_minute: 30,
             max_pushes_per_minute: 6,
+            claims: false,
         }
     }
 }
@@ -105,6 +113,17 @@ pub enum Output {
     Push(PushNotice),
     Event(CallEvent),
     Media(Command),
+    /// Make `user` busy with `call_id` across the cluster, unless a live call elsewhere holds
+    /// them; answer with [`CallModel::claimed`]. Only with [`ModelConfig::claims`].
+    Claim {
+        call_id: String,
+        user: String,
+    },
+    /// `user` is no longer in `call_id`: free their claim (if it is still this call's).
+    Release {
+        call_id: String,
+        user: String,
+    },
 }
 
 /// A logged-in user: their session (if connected) and the live calls they are in.

@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{CallEvent, CallModel, ConnId, Leave, Output, PushNotice};
+use super::{CallEvent, CallModel, ConnId, Leave, Output};
 use crate::media::Command;
 use crate::protocol::{EndReason, Notification, Outbound, RpcError};
 use crate::signaling::call::{Call, Member, MemberState};
 use crate::signaling::params;
-use crate::signaling::timers::Timer;
 
 impl CallModel {
     pub(super) fn do_login(
@@ -152,8 +151,15 @@ impl CallModel {
                 created: now,
                 answered: false,
                 members: vec![caller],
+                claiming: Vec::new(),
             },
         );
+        if self.cfg.claims {
+            self.out.push_back(Output::Claim {
+                call_id: call_id.clone(),
+                user: me.to_string(),
+            });
+        }
         if let Some(u) = self.users.get_mut(me) {
             u.calls.push(call_id.clone());
         }
@@ -172,82 +178,6 @@ impl CallModel {
         Ok(json!({ "call_id": call_id }))
     }
 
-    /// Invites one user, or reports them busy to the joined members.
-    pub(super) fn add_invitee(
-        &mut self,
-        now: Instant,
-        call_id: &str,
-        inviter: &str,
-        user: &str,
-        to: &[String],
-    ) {
-        let Some(call) = self.calls.get(call_id) else {
-            return;
-        };
-        if self.is_busy(user) {
-            let audience = Self::audience(call, "");
-            self.tell(
-                &audience,
-                Notification::Busy {
-                    call_id: call_id.to_string(),
-                    user: user.to_string(),
-                },
-            );
-            return;
-        }
-        let online = self.users.get(user).is_some_and(|u| u.conn.is_some());
-        let deadline = now + self.cfg.invite_timeout;
-        let member = Member {
-            user: user.to_string(),
-            state: if online {
-                MemberState::Ringing
-            } else {
-                MemberState::Invited
-            },
-            inviter: inviter.to_string(),
-            invite_to: to.to_vec(),
-            invited_at: now,
-            deadline,
-            audio_muted: false,
-            video_muted: false,
-            held: false,
-        };
-        let Some(call) = self.calls.get_mut(call_id) else {
-            return;
-        };
-        let n = Self::invited(call, &member);
-        let push = PushNotice {
-            call_id: call_id.to_string(),
-            from: inviter.to_string(),
-            to: user.to_string(),
-            media: call.media,
-            client_state: call.client_state.clone(),
-        };
-        call.members.push(member);
-        self.users
-            .entry(user.to_string())
-            .or_default()
-            .calls
-            .push(call_id.to_string());
-        self.timers.schedule(
-            deadline,
-            Timer::Invite {
-                call: call_id.to_string(),
-                user: user.to_string(),
-            },
-        );
-        if online {
-            self.notify(user, n);
-        } else {
-            if self.push_budget.take(user, 1, now) {
-                self.out.push_back(Output::Push(push));
-            } else {
-                // The invite still rings on their next login; only the webhook is spared.
-                self.pushes_limited += 1;
-            }
-        }
-    }
-
     pub(super) fn invite(
         &mut self,
         now: Instant,
@@ -264,11 +194,8 @@ impl CallModel {
                 "invite works on group calls only; this is a 1v1 call",
             ));
         }
-        let to: Vec<String> = to
-            .into_iter()
-            .filter(|u| call.member(u).is_none())
-            .collect();
-        if call.members.len() + to.len() > self.cfg.max_call_members {
+        let to: Vec<String> = to.into_iter().filter(|u| !call.involves(u)).collect();
+        if call.members.len() + call.claiming.len() + to.len() > self.cfg.max_call_members {
             return Err(RpcError::wrong_state(format!(
                 "the call would exceed {} members",
                 self.cfg.max_call_members
@@ -439,13 +366,15 @@ impl CallModel {
 
     /// Removes `user` from `call_id` and the call from their list.
     pub(super) fn drop_member(&mut self, call_id: &str, user: &str) {
-        if let Some(call) = self.calls.get_mut(call_id)
-            && call.remove(user).is_some_and(|m| m.joined())
-        {
+        let removed = self.calls.get_mut(call_id).and_then(|c| c.remove(user));
+        if removed.as_ref().is_some_and(|m| m.joined()) {
             self.out.push_back(Output::Media(Command::Leave {
                 call_id: call_id.to_string(),
                 user: user.to_string(),
             }));
+        }
+        if removed.is_some() {
+            self.release(call_id, user);
         }
         if let Some(u) = self.users.get_mut(user) {
             u.calls.retain(|c| c != call_id);
@@ -482,7 +411,9 @@ impl CallModel {
                 u.calls.retain(|c| c != call_id);
             }
             self.forget_if_idle(&m.user);
+            self.release(call_id, &m.user);
         }
+        // Claims still in flight are released when they are answered (`claimed`).
         self.out.push_back(Output::Media(Command::EndCall {
             call_id: call_id.to_string(),
         }));

@@ -1,0 +1,63 @@
+//! The call model as a cluster member (`ModelConfig::claims`): whether a user is busy is the
+//! cluster's answer, not this model's alone. A callee becomes a member only once their claim
+//! for the call is granted; a refused claim is the same `busy` a local one is; members who
+//! leave, and calls that end, free their claims.
+//!
+//! Invariant: every granted claim is released exactly once: when its member leaves, when its
+//! call ends, or, for a claim answered after its call ended, at once.
+
+use std::time::Instant;
+
+use super::{CallModel, Output};
+use crate::protocol::{EndReason, Notification};
+
+impl CallModel {
+    /// The cluster's answer to [`Output::Claim`] for `user` in `call_id`.
+    pub fn claimed(&mut self, now: Instant, call_id: &str, user: &str, granted: bool) {
+        self.handle_timeout(now);
+        let Some(call) = self.calls.get_mut(call_id) else {
+            // The call ended meanwhile: nobody will release a claim that went through.
+            if granted {
+                self.release(call_id, user);
+            }
+            return;
+        };
+        if call.caller == user && call.member(user).is_some_and(|m| m.joined()) {
+            // The caller's own claim: refused means they are in a call on another node.
+            if !granted {
+                self.end_call(now, call_id, EndReason::Busy);
+            }
+            return;
+        }
+        let Some(i) = call.claiming.iter().position(|(u, _, _)| u == user) else {
+            if granted && call.member(user).is_none() {
+                self.release(call_id, user);
+            }
+            return;
+        };
+        let (_, inviter, to) = call.claiming.remove(i);
+        if granted {
+            self.admit_invitee(now, call_id, &inviter, user, &to);
+        } else {
+            let audience = Self::audience(call, "");
+            self.tell(
+                &audience,
+                Notification::Busy {
+                    call_id: call_id.to_string(),
+                    user: user.to_string(),
+                },
+            );
+            self.end_if_done(now, call_id, EndReason::Busy);
+        }
+    }
+
+    /// `user` left `call_id` (or it ended): their claim goes, in a cluster.
+    pub(super) fn release(&mut self, call_id: &str, user: &str) {
+        if self.cfg.claims {
+            self.out.push_back(Output::Release {
+                call_id: call_id.to_string(),
+                user: user.to_string(),
+            });
+        }
+    }
+}
