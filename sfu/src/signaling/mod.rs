@@ -3,6 +3,7 @@
 pub mod call;
 pub mod model;
 pub mod params;
+pub mod relay;
 pub mod timers;
 
 pub use call::MemberState;

@@ -219,6 +219,11 @@ impl CallModel {
         self.calls.len()
     }
 
+    /// The user logged in on `conn`, if any.
+    pub fn user_of(&self, conn: ConnId) -> Option<String> {
+        self.conns.get(&conn).cloned().flatten()
+    }
+
     /// Users known to the model: connected, or offline with a live call.
     pub fn users_known(&self) -> usize {
         self.users.len()

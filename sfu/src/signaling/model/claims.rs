@@ -61,3 +61,14 @@ impl CallModel {
         }
     }
 }
+
+impl CallModel {
+    /// `user` is reached on `conn` from now on, as after a login but with no response: how a
+    /// cluster node serves a user whose socket is on another node (a relay connection). The
+    /// model's takeover and replay apply: a previous connection gets `session_replaced` and is
+    /// closed, the new one learns the user's calls.
+    pub fn attach(&mut self, now: Instant, conn: super::ConnId, user: &str) {
+        self.handle_timeout(now);
+        let _ = self.do_login(conn, user, Vec::new());
+    }
+}

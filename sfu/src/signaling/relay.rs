@@ -1,0 +1,483 @@
+//! The Relay: one cluster node's sans-IO bridge between its call model and the other nodes.
+//! A user belongs to the node of their socket (their edge); a call to the node whose model
+//! holds it (its host, named by the call id's prefix, the host's instance id). The edge hands a
+//! request on a call it does not host to that host; the host serves it on a relay connection
+//! (a `ConnId` of its model standing for the user's socket at the edge) and sends what its
+//! model says on that connection back to the edge. Nothing here touches Redis or a socket:
+//! envelopes, look-ups and presence go out as [`RelayOut`]s, their answers come back as inputs.
+//!
+//! Invariants: a relay connection maps to exactly one (edge, socket) and back; an edge knows,
+//! per local socket, the calls hosted elsewhere that its user is in (from what the hosts sent),
+//! so a host's death ends them for that user with `error`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{CallModel, ConnId, Output};
+use crate::protocol::{Method, Outbound, RequestId};
+
+/// Relay connections are numbered from here, far above any socket's number.
+pub const RELAY_CONN_BASE: u64 = 1 << 48;
+/// The id of requests an edge relays on its own account (their responses are not for a socket).
+const QUIET: &str = "relay-quiet";
+
+/// A message from one node to another (a JSON entry of the receiver's inbox).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Envelope {
+    /// A request of `user` (socket `conn` at `edge`) on a call the receiver hosts.
+    Request {
+        edge: String,
+        conn: u64,
+        user: String,
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    /// A frame for socket `conn` at the receiver.
+    Deliver { conn: u64, frame: String },
+    /// Close socket `conn` at the receiver.
+    Close {
+        conn: u64,
+        code: u16,
+        reason: String,
+    },
+    /// `user` is now at socket `conn` of `edge`: serve them there (takeover and replay).
+    Attach {
+        edge: String,
+        conn: u64,
+        user: String,
+    },
+    /// The socket `conn` at `edge` is gone (its user may come back within the grace period).
+    Detach { edge: String, conn: u64 },
+}
+
+/// What the Relay asks of the shell, besides its model's outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RelayOut {
+    /// Put `envelope` in `node`'s inbox.
+    Send { node: String, envelope: Envelope },
+    /// A frame for a local socket, written by a host.
+    Deliver { conn: ConnId, frame: String },
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// Where are these users? Answer with [`Relay::located`].
+    Locate { token: u64, users: Vec<String> },
+    /// `user` logged in here on `conn`: publish it, then answer with [`Relay::attach_elsewhere`]
+    /// naming their previous node and the host of their call or invite.
+    Arrived { user: String, conn: ConnId },
+    /// `user` left `conn` here (logout, or their socket closed).
+    Departed { user: String, conn: ConnId },
+}
+
+/// An output of a cluster node: its model's, or the Relay's.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeOut {
+    Model(Output),
+    Relay(RelayOut),
+}
+
+/// A request held until the users it names are located.
+struct Held {
+    conn: ConnId,
+    id: RequestId,
+    method: Method,
+    params: Value,
+}
+
+pub struct Relay {
+    me: String,
+    model: CallModel,
+    next_relay: u64,
+    /// (edge, socket) -> relay connection here, and back.
+    relays: HashMap<(String, u64), ConnId>,
+    back: HashMap<ConnId, (String, u64)>,
+    /// Local sockets and their users.
+    users: HashMap<ConnId, String>,
+    /// Local sockets -> calls hosted elsewhere their user is in.
+    remote_calls: HashMap<ConnId, HashSet<String>>,
+    held: HashMap<u64, Held>,
+    next_token: u64,
+    out: VecDeque<NodeOut>,
+}
+
+/// The host of a call: its id's prefix (`{instance}-c{n}`).
+pub fn host_of(call_id: &str) -> Option<&str> {
+    call_id.rsplit_once("-c").map(|(h, _)| h)
+}
+
+impl Relay {
+    /// The Relay of node `me` (its model's instance id) around `model`.
+    pub fn new(me: &str, model: CallModel) -> Self {
+        Self {
+            me: me.to_string(),
+            model,
+            next_relay: 0,
+            relays: HashMap::new(),
+            back: HashMap::new(),
+            users: HashMap::new(),
+            remote_calls: HashMap::new(),
+            held: HashMap::new(),
+            next_token: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn model(&self) -> &CallModel {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut CallModel {
+        &mut self.model
+    }
+
+    pub fn poll_output(&mut self) -> Option<NodeOut> {
+        self.pump();
+        self.out.pop_front()
+    }
+
+    /// A verified login on local socket `conn`.
+    pub fn login(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: RequestId,
+        user: &str,
+        ice: Vec<Value>,
+    ) {
+        self.model.login_with(now, conn, id, user.to_string(), ice);
+        self.users.insert(conn, user.to_string());
+        self.out.push_back(NodeOut::Relay(RelayOut::Arrived {
+            user: user.to_string(),
+            conn,
+        }));
+    }
+
+    /// The shell's answer to [`RelayOut::Arrived`]: the nodes that served `user` before (their
+    /// previous edge, the host of their call or invite). Each attaches them here.
+    pub fn attach_elsewhere(&mut self, conn: ConnId, user: &str, nodes: &[String]) {
+        let mut seen = HashSet::new();
+        for node in nodes {
+            if *node == self.me || !seen.insert(node.clone()) {
+                continue;
+            }
+            self.send(
+                node,
+                Envelope::Attach {
+                    edge: self.me.clone(),
+                    conn: conn.0,
+                    user: user.to_string(),
+                },
+            );
+        }
+    }
+
+    /// A request from local socket `conn` (not `login`).
+    pub fn request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: RequestId,
+        method: Method,
+        params: Value,
+    ) {
+        let host = params["call_id"]
+            .as_str()
+            .and_then(host_of)
+            .map(str::to_string);
+        match host {
+            Some(host) if host != self.me => {
+                let Some(user) = self.users.get(&conn).cloned() else {
+                    // Not logged in: the model says so.
+                    return self.model.request(now, conn, id, method, params);
+                };
+                if let Some(call) = params["call_id"].as_str() {
+                    self.remote_calls
+                        .entry(conn)
+                        .or_default()
+                        .insert(call.to_string());
+                }
+                let method = <&str>::from(method).to_string();
+                self.send(
+                    &host,
+                    Envelope::Request {
+                        edge: self.me.clone(),
+                        conn: conn.0,
+                        user,
+                        id,
+                        method,
+                        params,
+                    },
+                );
+            }
+            _ => {
+                if method == Method::Logout {
+                    self.leave_remote(conn, Some(Method::Logout));
+                }
+                if matches!(method, Method::Call | Method::Invite) {
+                    return self.hold(conn, id, method, params);
+                }
+                self.model.request(now, conn, id, method, params);
+                if method == Method::Logout
+                    && let Some(user) = self.users.get(&conn).cloned()
+                {
+                    self.out
+                        .push_back(NodeOut::Relay(RelayOut::Departed { user, conn }));
+                }
+            }
+        }
+    }
+
+    /// Local socket `conn` closed.
+    pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.leave_remote(conn, None);
+        self.model.disconnect(now, conn);
+        if let Some(user) = self.users.remove(&conn) {
+            self.out
+                .push_back(NodeOut::Relay(RelayOut::Departed { user, conn }));
+        }
+        self.remote_calls.remove(&conn);
+    }
+
+    /// The shell's answer to [`RelayOut::Locate`]: each user's (node, socket), if online.
+    pub fn located(&mut self, now: Instant, token: u64, found: &[(String, Option<(String, u64)>)]) {
+        let Some(h) = self.held.remove(&token) else {
+            return;
+        };
+        for (user, at) in found {
+            if let Some((node, conn)) = at
+                && *node != self.me
+            {
+                let relay = self.relay_conn(node, *conn);
+                self.model.attach(now, relay, user);
+            }
+        }
+        self.model.request(now, h.conn, h.id, h.method, h.params);
+    }
+
+    /// An envelope from another node's inbox.
+    pub fn envelope(&mut self, now: Instant, env: Envelope) {
+        match env {
+            Envelope::Request {
+                edge,
+                conn,
+                user,
+                id,
+                method,
+                params,
+            } => {
+                let relay = self.relay_conn(&edge, conn);
+                if self.model_user(relay).as_deref() != Some(user.as_str()) {
+                    self.model.attach(now, relay, &user);
+                }
+                if let Ok(m) = method.parse::<Method>() {
+                    self.model.request(now, relay, id, m, params);
+                } else {
+                    // A newer edge's method: say so, as to any client.
+                    let frame = json!({"jsonrpc": "2.0", "id": id, "error":
+                        {"code": -32601, "message": format!("unknown method {method}")}})
+                    .to_string();
+                    self.send(&edge, Envelope::Deliver { conn, frame });
+                }
+            }
+            Envelope::Deliver { conn, frame } => {
+                let conn = ConnId(conn);
+                self.track(conn, &frame);
+                self.out
+                    .push_back(NodeOut::Relay(RelayOut::Deliver { conn, frame }));
+            }
+            Envelope::Close { conn, code, reason } => {
+                self.out.push_back(NodeOut::Relay(RelayOut::Close {
+                    conn: ConnId(conn),
+                    code,
+                    reason,
+                }));
+            }
+            Envelope::Attach { edge, conn, user } => {
+                let relay = self.relay_conn(&edge, conn);
+                self.model.attach(now, relay, &user);
+                // A local socket of that user here is replaced: the model closed it.
+            }
+            Envelope::Detach { edge, conn } => {
+                if let Some(relay) = self.relays.get(&(edge, conn)).copied() {
+                    self.model.disconnect(now, relay);
+                }
+            }
+        }
+    }
+
+    /// Node `node` is dead: users served here for it are disconnected (their grace starts),
+    /// and local users in calls it hosted are told those calls ended in `error`.
+    pub fn node_dead(&mut self, now: Instant, node: &str) {
+        let gone: Vec<((String, u64), ConnId)> = self
+            .relays
+            .iter()
+            .filter(|((edge, _), _)| edge == node)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (key, relay) in gone {
+            self.model.disconnect(now, relay);
+            self.relays.remove(&key);
+            self.back.remove(&relay);
+        }
+        for (conn, calls) in self.remote_calls.iter_mut() {
+            let ended: Vec<String> = calls
+                .iter()
+                .filter(|c| host_of(c) == Some(node))
+                .cloned()
+                .collect();
+            for call_id in ended {
+                calls.remove(&call_id);
+                let frame = json!({"jsonrpc": "2.0", "method": "call_end",
+                    "params": {"call_id": call_id, "reason": "error"}})
+                .to_string();
+                self.out
+                    .push_back(NodeOut::Relay(RelayOut::Deliver { conn: *conn, frame }));
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    fn hold(&mut self, conn: ConnId, id: RequestId, method: Method, params: Value) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let users = params["to"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.held.insert(
+            token,
+            Held {
+                conn,
+                id,
+                method,
+                params,
+            },
+        );
+        self.out
+            .push_back(NodeOut::Relay(RelayOut::Locate { token, users }));
+    }
+
+    /// Tells the hosts of `conn`'s remote calls that it is gone (`None`) or logged out.
+    fn leave_remote(&mut self, conn: ConnId, logout: Option<Method>) {
+        let Some(calls) = self.remote_calls.get(&conn) else {
+            return;
+        };
+        let user = self.users.get(&conn).cloned().unwrap_or_default();
+        let hosts: HashSet<String> = calls
+            .iter()
+            .filter_map(|c| host_of(c).map(str::to_string))
+            .collect();
+        for host in hosts {
+            let env = match logout {
+                Some(m) => Envelope::Request {
+                    edge: self.me.clone(),
+                    conn: conn.0,
+                    user: user.clone(),
+                    id: json!(QUIET),
+                    method: <&str>::from(m).to_string(),
+                    params: json!({}),
+                },
+                None => Envelope::Detach {
+                    edge: self.me.clone(),
+                    conn: conn.0,
+                },
+            };
+            self.send(&host, env);
+        }
+        if logout.is_some() {
+            self.remote_calls.remove(&conn);
+        }
+    }
+
+    /// The relay connection here for socket `conn` at `edge`.
+    fn relay_conn(&mut self, edge: &str, conn: u64) -> ConnId {
+        if let Some(c) = self.relays.get(&(edge.to_string(), conn)) {
+            return *c;
+        }
+        self.next_relay += 1;
+        let c = ConnId(RELAY_CONN_BASE + self.next_relay);
+        self.relays.insert((edge.to_string(), conn), c);
+        self.back.insert(c, (edge.to_string(), conn));
+        c
+    }
+
+    fn model_user(&self, relay: ConnId) -> Option<String> {
+        self.model.user_of(relay)
+    }
+
+    /// Keeps an edge's list of its users' remote calls up to date from what hosts send.
+    fn track(&mut self, conn: ConnId, frame: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(frame) else {
+            return;
+        };
+        let Some(call) = v["params"]["call_id"].as_str() else {
+            return;
+        };
+        match v["method"].as_str() {
+            Some("call_end" | "cancelled") => {
+                if let Some(c) = self.remote_calls.get_mut(&conn) {
+                    c.remove(call);
+                }
+            }
+            Some(_) => {
+                self.remote_calls
+                    .entry(conn)
+                    .or_default()
+                    .insert(call.to_string());
+            }
+            None => {}
+        }
+    }
+
+    fn send(&mut self, node: &str, envelope: Envelope) {
+        self.out.push_back(NodeOut::Relay(RelayOut::Send {
+            node: node.to_string(),
+            envelope,
+        }));
+    }
+
+    /// Moves the model's outputs out, turning those for relay connections into envelopes.
+    fn pump(&mut self) {
+        while let Some(o) = self.model.poll_output() {
+            let relay = match &o {
+                Output::Send { conn, .. } | Output::Close { conn, .. } => {
+                    self.back.get(conn).cloned()
+                }
+                _ => None,
+            };
+            let Some((edge, edge_conn)) = relay else {
+                self.out.push_back(NodeOut::Model(o));
+                continue;
+            };
+            let env = match o {
+                Output::Send {
+                    msg: Outbound::Response { ref id, .. },
+                    ..
+                } if *id == json!(QUIET) => continue,
+                Output::Send { msg, .. } => Envelope::Deliver {
+                    conn: edge_conn,
+                    frame: msg.to_frame(),
+                },
+                Output::Close { code, reason, .. } => Envelope::Close {
+                    conn: edge_conn,
+                    code,
+                    reason: reason.to_string(),
+                },
+                _ => continue,
+            };
+            self.send(&edge, env);
+        }
+    }
+}
