@@ -2,7 +2,9 @@
 //! not use it yet). What lives there, each entry owned by one node and dead with it:
 //!
 //! - the node registry: `sfu:node:{id}` (a hash: signaling and media addresses, load),
-//!   expiring [`NODE_TTL`] after the node's last heartbeat, and the set `sfu:nodes`;
+//!   expiring [`NODE_TTL`] after the node's last heartbeat, and the set `sfu:nodes`; and
+//!   `sfu:epoch`, whose absence tells that Redis lost everything (nodes then re-register and
+//!   nobody is declared dead for one [`NODE_TTL`]);
 //! - presence: `sfu:user:{user}` = `node|session`, valid while that node is alive;
 //! - busy claims: `sfu:busy:{user}` = `call|host`, taken for every member of a call at once by a
 //!   Lua script (all or none: two nodes racing for the same callee cannot both win), and free
@@ -21,9 +23,9 @@ mod store;
 
 pub use store::{Claim, Inbox, NodeInfo, Presence, Store, StoreError};
 
-/// A node missing heartbeats this long is dead.
-pub const NODE_TTL: Duration = Duration::from_secs(10);
-/// How often a node refreshes its entry.
-pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A node missing heartbeats this long is dead (with [`HEARTBEAT`], others know within 8 s).
+pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often a node refreshes its entry and looks at the others.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Entries kept in a node's inbox.
 pub const INBOX_MAX: usize = 10_000;

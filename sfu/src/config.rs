@@ -129,6 +129,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_TURN_TTL", value_name = "DURATION")]
     pub turn_ttl: Option<Dur>,
 
+    /// Join a cluster whose shared state is in this Redis (`redis://HOST:PORT/`): users on any
+    /// node can call users on any other. Without it the node stands alone.
+    #[arg(long, env = "SFU_REDIS", value_name = "URL", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// This node's name in the cluster (letters, digits, `.`, `_`, `-`; unique per node).
+    /// [default: the host name]
+    #[arg(long, env = "SFU_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+
     /// Media worker threads, each with its own UDP port; a call lives on one. [default: number of cores]
     #[arg(long, env = "SFU_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -295,6 +305,9 @@ pub struct ServeConfig {
     /// First ICE-TCP port, or `None` with ICE-TCP off.
     pub tcp_port: Option<u16>,
     pub turn: Option<crate::turn::TurnConfig>,
+    /// `--redis` and `--node-id`: this node's cluster, if any.
+    pub redis: Option<String>,
+    pub node_id: String,
     pub workers: usize,
     pub quality_interval: Duration,
     pub volume_interval: Duration,
@@ -404,6 +417,27 @@ impl ServeArgs {
             self.turn_secret.clone(),
             self.turn_ttl.map(|d| d.0),
         )?;
+        if let Some(url) = &self.redis
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            bail!("--redis must be a redis:// or rediss:// URL");
+        }
+        let node_id = match self.node_id.clone() {
+            Some(id) => id,
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "sfu".into()),
+        };
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            bail!("--node-id must be 1 to 64 letters, digits, '.', '_' or '-'");
+        }
         if self.dev && !media_ip.is_loopback() {
             bail!("--dev binds loopback only (--media-ip {media_ip} is not)");
         }
@@ -534,6 +568,8 @@ impl ServeArgs {
             udp_port,
             tcp_port,
             turn,
+            redis: self.redis.clone(),
+            node_id,
             workers,
             quality_interval,
             volume_interval,

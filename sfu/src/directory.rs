@@ -15,7 +15,12 @@ use crate::signaling::ConnId;
 #[derive(Debug)]
 pub enum ToSocket {
     Frame(Outbound),
-    Close { code: u16, reason: &'static str },
+    /// A frame already written, by the node hosting the call (a cluster relay).
+    Text(String),
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 /// How to reach one connected session.

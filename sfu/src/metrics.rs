@@ -28,6 +28,10 @@ pub struct Metrics {
     pub peers_by_transport: IntGaugeVec,
     pub ice_tcp_connections: IntGauge,
     pub ice_tcp_closed: IntCounterVec,
+    pub cluster_nodes: IntGauge,
+    pub cluster_envelopes: IntCounterVec,
+    pub cluster_relay_seconds: Histogram,
+    pub cluster_redis_errors: IntCounter,
     pub peer_failures: IntCounterVec,
     pub ice_disconnects: IntCounter,
     pub rtp_packets: IntCounterVec,
@@ -168,6 +172,26 @@ impl Metrics {
                 "sfu_ice_tcp_closed_total",
                 "ICE-TCP connections closed, by reason (eof; error; idle: nothing for 30 s; not_ice: the first frame is not a STUN binding request; oversized: a frame over 2048 bytes; stalled: a write blocked 10 s; full: refused, the worker has 1024 open; shutdown).",
                 &["reason"],
+            ),
+            cluster_nodes: gauge(
+                "sfu_cluster_nodes",
+                "Live nodes in the cluster's registry as this node last saw it (0 without --redis).",
+            ),
+            cluster_envelopes: counter(
+                "sfu_cluster_envelopes_total",
+                "Messages between cluster nodes through Redis, by direction (sent; received; invalid: unreadable, dropped).",
+                &["direction"],
+            ),
+            cluster_relay_seconds: histogram(
+                "sfu_cluster_relay_seconds",
+                "Time to put one message in another node's inbox (the relay's added latency per hop, less the receiver's read).",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+                ],
+            ),
+            cluster_redis_errors: plain_counter(
+                "sfu_cluster_redis_errors_total",
+                "Redis operations that failed (Redis unreachable or too slow); the node goes on with what it hosts.",
             ),
             peer_failures: counter(
                 "sfu_peer_failures_total",
@@ -342,6 +366,9 @@ impl Metrics {
             "tcp_closed",
         ] {
             self.datagrams_dropped.with_label_values(&[reason]);
+        }
+        for d in ["sent", "received", "invalid"] {
+            self.cluster_envelopes.with_label_values(&[d]);
         }
         for t in crate::media::Transport::ALL {
             self.peers_by_transport.with_label_values(&[t.as_str()]);

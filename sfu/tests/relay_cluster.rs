@@ -442,3 +442,71 @@ fn a_lost_edge_is_a_disconnect_then_a_leave_after_the_grace() {
     assert_eq!(leave[0]["reason"], "disconnected");
     assert_eq!(net.got(0, alice, "call_end")[0]["reason"], "disconnected");
 }
+
+#[test]
+fn a_login_is_answered_only_once_the_user_can_be_found() {
+    let mut r = Relay::new(
+        "n0",
+        CallModel::new(ModelConfig {
+            instance: "n0".into(),
+            claims: true,
+            ..ModelConfig::default()
+        }),
+    );
+    r.login(Instant::now(), ConnId(1), json!(1), "bob", Vec::new());
+    let mut outs = Vec::new();
+    while let Some(o) = r.poll_output() {
+        outs.push(o);
+    }
+    assert_eq!(
+        outs,
+        vec![NodeOut::Relay(RelayOut::Arrived {
+            user: "bob".into(),
+            conn: ConnId(1)
+        })],
+        "nothing for the socket before presence is published"
+    );
+    r.attach_elsewhere(ConnId(1), "bob", &[]);
+    let o = r.poll_output().expect("the response now");
+    assert!(
+        matches!(
+            o,
+            NodeOut::Model(Output::Send {
+                conn: ConnId(1),
+                ..
+            })
+        ),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_single_node_relay_passes_everything_straight_to_its_model() {
+    let mut r = Relay::single(CallModel::new(ModelConfig {
+        instance: "3fa2c1d0".into(),
+        ..ModelConfig::default()
+    }));
+    let now = Instant::now();
+    r.login(now, ConnId(1), json!(1), "alice", Vec::new());
+    r.login(now, ConnId(2), json!(1), "bob", Vec::new());
+    r.request(
+        now,
+        ConnId(1),
+        json!(2),
+        Method::Call,
+        json!({"to": ["bob"], "media": "audio"}),
+    );
+    let mut outs = Vec::new();
+    while let Some(o) = r.poll_output() {
+        outs.push(o);
+    }
+    assert!(
+        outs.iter().all(|o| matches!(o, NodeOut::Model(_))),
+        "{outs:?}"
+    );
+    let invited = outs.iter().any(|o| {
+        matches!(o, NodeOut::Model(Output::Send { conn: ConnId(2), msg })
+            if msg.to_frame().contains("\"invited\""))
+    });
+    assert!(invited, "bob rings at once: {outs:?}");
+}

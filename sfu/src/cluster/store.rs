@@ -10,10 +10,19 @@ use redis::{AsyncCommands, Script};
 /// Longest wait for one Redis reply.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect attempts after Redis went away (every 0.5 s at most: about an hour); callers put
+/// their own deadline on each operation meanwhile.
+const RETRIES: usize = 7200;
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
 pub struct StoreError(String);
+
+impl StoreError {
+    pub fn timeout() -> Self {
+        Self("no answer in time".into())
+    }
+}
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
@@ -94,7 +103,7 @@ impl Store {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
+            .set_number_of_retries(RETRIES)
             .set_max_delay(Duration::from_millis(500));
         let con = ConnectionManager::new_with_config(client.clone(), cfg).await?;
         Ok(Self {
@@ -129,6 +138,19 @@ impl Store {
             .query_async::<()>(&mut con)
             .await?;
         Ok(())
+    }
+
+    /// Whether Redis holds none of the cluster's state (it restarted empty, or is new): true
+    /// once, for the first caller after that.
+    pub async fn fresh(&self) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg("sfu:epoch")
+            .arg(1)
+            .arg("NX")
+            .query_async(&mut con)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Removes `id` from the registry at once (a clean shutdown).
@@ -240,6 +262,16 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// The live node hosting the call `user` is busy with or invited to, if any.
+    pub async fn busy_host(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let mut con = self.con.clone();
+        let v: Option<String> = con.get(busy_key(user)).await?;
+        let Some((_, host)) = v.as_deref().and_then(|v| v.rsplit_once('|')) else {
+            return Ok(None);
+        };
+        Ok(self.alive(host).await?.then(|| host.to_string()))
+    }
+
     /// Appends `payload` to `node`'s inbox.
     pub async fn send(&self, node: &str, payload: &str) -> Result<(), StoreError> {
         let mut con = self.con.clone();
@@ -260,7 +292,7 @@ impl Store {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(INBOX_BLOCK + RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
+            .set_number_of_retries(RETRIES)
             .set_max_delay(Duration::from_millis(500));
         let mut con = ConnectionManager::new_with_config(self.client.clone(), cfg).await?;
         // Start after the newest entry: what a previous run of this node left is not ours.

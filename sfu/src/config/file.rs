@@ -36,6 +36,8 @@ impl ServeArgs {
             },
             turn_secret: self.turn_secret.or(file.turn_secret),
             turn_ttl: self.turn_ttl.or(file.turn_ttl),
+            redis: self.redis.or(file.redis),
+            node_id: self.node_id.or(file.node_id),
             workers: self.workers.or(file.workers),
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),

@@ -1,6 +1,7 @@
-//! The call-model driver: one task owns the [`CallModel`], feeds it session inputs and the
-//! clock, and carries out its outputs (frames to sessions, closes, pushes, metrics and the call
-//! directory). Nothing here decides a call rule.
+//! The call-model driver: one task owns the [`CallModel`] (inside its cluster [`Relay`]), feeds
+//! it session inputs, cluster messages and the clock, and carries out its outputs (frames to
+//! sessions, closes, pushes, metrics, the call directory, and asks of the cluster). Nothing here
+//! decides a call rule.
 
 use std::sync::Arc;
 
@@ -13,7 +14,10 @@ use super::push::PushQueue;
 use crate::directory::{CallEntry, ToSocket};
 use crate::media::{Command, MediaEvent};
 use crate::protocol::{Method, RequestId};
+use crate::signaling::relay::{NodeOut, Relay, RelayOut};
 use crate::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output};
+
+use super::cluster::{ClusterCmd, ClusterIn};
 
 use super::worker::WorkerHandle;
 
@@ -39,6 +43,14 @@ pub(crate) enum Input {
     },
     /// What a Worker reported (replies, offers, volume, quality, availability, failures).
     Media(MediaEvent),
+    /// What the cluster answered or another node sent (`--redis`).
+    Cluster(ClusterIn),
+}
+
+/// The driver's link to the cluster tasks: this node's instance id and their queue.
+pub(crate) struct ClusterLink {
+    pub me: String,
+    pub tx: mpsc::Sender<ClusterCmd>,
 }
 
 /// Inputs handled before outputs are flushed, to amortize wake-ups under load.
@@ -58,8 +70,13 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     push: PushQueue,
     handles: Vec<WorkerHandle>,
+    cluster: Option<ClusterLink>,
 ) {
-    let mut model = CallModel::new(cfg);
+    let mut node = match &cluster {
+        Some(c) => Relay::new(&c.me, CallModel::new(cfg)),
+        None => Relay::single(CallModel::new(cfg)),
+    };
+    let cluster_tx = cluster.map(|c| c.tx);
     let mut shutdown = shared.shutdown.clone();
     let load = vec![0; handles.len()];
     let mut workers = Workers { handles, load };
@@ -69,33 +86,38 @@ pub(crate) async fn run(
         .fail_driver_after
         .map(|d| std::time::Instant::now() + d);
     loop {
-        let wake = model.poll_timeout();
+        let wake = node.model().poll_timeout();
         tokio::select! {
             // Test hook (--dev only): stop as a crashed driver would.
             _ = sleep_until(fail_at) => break,
             input = media_rx.recv() => {
                 let Some(input) = input else { break };
-                apply(&mut model, &shared, input);
+                apply(&mut node, &shared, input);
             }
             input = rx.recv() => {
                 let Some(input) = input else { break };
-                apply(&mut model, &shared, input);
+                apply(&mut node, &shared, input);
                 for _ in 1..BATCH {
                     match rx.try_recv() {
-                        Ok(input) => apply(&mut model, &shared, input),
+                        Ok(input) => apply(&mut node, &shared, input),
                         Err(_) => break,
                     }
                 }
             }
             _ = sleep_until(wake) => {
-                model.handle_timeout(Instant::now().into_std());
+                node.model_mut().handle_timeout(Instant::now().into_std());
             }
             _ = super::stopped(&mut shutdown) => break,
         }
-        while let Some(out) = model.poll_output() {
-            carry_out(&shared, &push, &mut workers, &mut model, out);
+        while let Some(out) = node.poll_output() {
+            match out {
+                NodeOut::Model(out) => {
+                    carry_out(&shared, &push, &mut workers, &mut node, &cluster_tx, out)
+                }
+                NodeOut::Relay(out) => to_cluster(&shared, &cluster_tx, out),
+            }
         }
-        let limited = model.pushes_limited();
+        let limited = node.model().pushes_limited();
         if limited > pushes_limited {
             shared
                 .metrics
@@ -170,7 +192,7 @@ fn observe(shared: &Shared, event: &MediaEvent) {
     }
 }
 
-fn apply(model: &mut CallModel, shared: &Shared, input: Input) {
+fn apply(node: &mut Relay, shared: &Shared, input: Input) {
     let now = Instant::now().into_std();
     match input {
         Input::Login {
@@ -178,18 +200,65 @@ fn apply(model: &mut CallModel, shared: &Shared, input: Input) {
             id,
             user,
             ice_servers,
-        } => model.login_with(now, conn, id, user, ice_servers),
+        } => node.login(now, conn, id, &user, ice_servers),
         Input::Request {
             conn,
             id,
             method,
             params,
-        } => model.request(now, conn, id, method, params),
-        Input::Disconnect { conn } => model.disconnect(now, conn),
+        } => node.request(now, conn, id, method, params),
+        Input::Disconnect { conn } => node.disconnect(now, conn),
         Input::Media(event) => {
             observe(shared, &event);
-            model.media_event(event)
+            node.model_mut().media_event(event)
         }
+        Input::Cluster(c) => match c {
+            ClusterIn::Envelope(env) => node.envelope(now, env),
+            ClusterIn::Located { token, found } => node.located(now, token, &found),
+            ClusterIn::LocateFailed { token } => node.locate_failed(token),
+            ClusterIn::Attach { conn, user, nodes } => node.attach_elsewhere(conn, &user, &nodes),
+            ClusterIn::Claimed {
+                call_id,
+                user,
+                granted,
+            } => node.model_mut().claimed(now, &call_id, &user, granted),
+            ClusterIn::NodeDead(n) => node.node_dead(now, &n),
+            ClusterIn::SendFailed(env) => node.send_failed(&env),
+            ClusterIn::Resync => node.resync(),
+        },
+    }
+}
+
+/// Carries out the Relay's asks: frames from other nodes to local sockets, the rest to the
+/// cluster tasks (never waiting: a full queue drops, counted).
+fn to_cluster(shared: &Shared, tx: &Option<mpsc::Sender<ClusterCmd>>, out: RelayOut) {
+    let cmd = match out {
+        RelayOut::Deliver { conn, frame } => return to_socket(shared, conn, ToSocket::Text(frame)),
+        RelayOut::Close { conn, code, .. } => {
+            let reason = if code == 4000 {
+                "session replaced"
+            } else {
+                "closed by the call's node"
+            };
+            return to_socket(shared, conn, ToSocket::Close { code, reason });
+        }
+        RelayOut::Send { node, envelope } => ClusterCmd::Send { node, envelope },
+        RelayOut::Locate { token, users } => ClusterCmd::Locate { token, users },
+        RelayOut::Arrived { user, conn } => ClusterCmd::Arrived { user, conn },
+        RelayOut::Departed { user, conn } => ClusterCmd::Departed { user, conn },
+    };
+    ask(shared, tx, cmd);
+}
+
+fn ask(shared: &Shared, tx: &Option<mpsc::Sender<ClusterCmd>>, cmd: ClusterCmd) {
+    if let Some(tx) = tx
+        && tx.try_send(cmd).is_err()
+    {
+        shared
+            .metrics
+            .queue_dropped
+            .with_label_values(&["cluster"])
+            .inc();
     }
 }
 
@@ -197,11 +266,12 @@ fn carry_out(
     shared: &Shared,
     push: &PushQueue,
     workers: &mut Workers,
-    model: &mut CallModel,
+    node: &mut Relay,
+    cluster: &Option<mpsc::Sender<ClusterCmd>>,
     out: Output,
 ) {
     match out {
-        Output::Media(cmd) => to_worker(shared, workers, model, cmd),
+        Output::Media(cmd) => to_worker(shared, workers, node.model_mut(), cmd),
         Output::Send { conn, msg } => to_socket(shared, conn, ToSocket::Frame(msg)),
         Output::Close { conn, code, reason } => {
             to_socket(shared, conn, ToSocket::Close { code, reason })
@@ -222,8 +292,13 @@ fn carry_out(
             ),
         },
         Output::Event(event) => record(shared, workers, event),
-        // Only with ModelConfig::claims (a cluster), which this server does not set yet.
-        Output::Claim { .. } | Output::Release { .. } => {}
+        // Only with ModelConfig::claims, which a cluster node sets.
+        Output::Claim { call_id, user } => {
+            ask(shared, cluster, ClusterCmd::Claim { call_id, user })
+        }
+        Output::Release { call_id, user } => {
+            ask(shared, cluster, ClusterCmd::Release { call_id, user })
+        }
     }
 }
 

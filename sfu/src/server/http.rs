@@ -74,6 +74,32 @@ fn admin_routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/calls", get(list_calls))
         .route("/api/calls/{id}", get(get_call))
+        .route("/api/nodes", get(list_nodes))
+}
+
+/// The cluster's live nodes (`--redis`), or this node alone.
+async fn list_nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse_non_admin(&shared, &headers) {
+        return r;
+    }
+    let Some(store) = &shared.cluster else {
+        return axum::Json(serde_json::json!({"cluster": false, "nodes": []})).into_response();
+    };
+    match store.nodes().await {
+        Ok(nodes) => {
+            let nodes: Vec<_> = nodes
+                .into_iter()
+                .map(|n| {
+                    serde_json::json!({"id": n.id, "http": n.http, "media": n.media, "calls": n.load})
+                })
+                .collect();
+            axum::Json(serde_json::json!({"cluster": true, "nodes": nodes})).into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the cluster store is unreachable: {e}"),
+        ),
+    }
 }
 
 /// The admin API alone, for `--admin`.

@@ -3,6 +3,7 @@
 //! events in and out of the sans-IO [`crate::signaling::CallModel`].
 
 mod admission;
+mod cluster;
 mod driver;
 mod health;
 mod http;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
     pub cdr: Option<std::sync::mpsc::SyncSender<String>>,
+    /// The cluster store (`--redis`), for `GET /api/nodes`.
+    pub cluster: Option<crate::cluster::Store>,
     next_conn: AtomicU64,
 }
 
@@ -190,16 +193,29 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         workers.iter().filter_map(|w| w.advertised_tcp).collect();
     let push = push::spawn(cfg.push_webhook.clone(), metrics.clone())?;
 
+    // In a cluster, call ids name their host: the node's id and this run of it.
+    let instance = match &cfg.redis {
+        Some(_) => format!("{}.{}", cfg.node_id, instance_id()),
+        None => instance_id(),
+    };
+    let store = match &cfg.redis {
+        Some(url) => Some(
+            crate::cluster::Store::connect(url, crate::cluster::NODE_TTL)
+                .await
+                .map_err(|e| anyhow::anyhow!("--redis: cannot reach the cluster store: {e}"))?,
+        ),
+        None => None,
+    };
     let model_cfg = ModelConfig {
         invite_timeout: cfg.invite_timeout,
         reconnect_grace: cfg.reconnect_grace,
         max_call_members: cfg.max_call_members,
         max_calls_per_user: cfg.max_calls_per_user,
-        instance: instance_id(),
+        instance: instance.clone(),
         ice_servers: Vec::new(),
         max_invites_per_minute: cfg.max_invites_per_minute,
         max_pushes_per_minute: cfg.max_pushes_per_minute,
-        claims: false,
+        claims: store.is_some(),
     };
     let cfg_records = cfg.call_records;
     let cdr = match &cfg.cdr_file {
@@ -225,8 +241,36 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         admission,
         records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
         cdr,
+        cluster: store.clone(),
         next_conn: AtomicU64::new(0),
     });
+    let (cluster_link, cluster_tasks) = match store {
+        Some(store) => {
+            let media: Vec<String> = media_addrs.iter().map(ToString::to_string).collect();
+            let node = crate::cluster::NodeInfo {
+                id: instance.clone(),
+                http: http_addr.to_string(),
+                media: media.join(","),
+                load: 0,
+            };
+            let (tx, tasks) = cluster::start(
+                store,
+                node,
+                metrics.clone(),
+                shared.driver.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            (
+                Some(driver::ClusterLink {
+                    me: instance.clone(),
+                    tx,
+                }),
+                tasks,
+            )
+        }
+        None => (None, Vec::new()),
+    };
 
     let driver = driver::run(
         model_cfg,
@@ -235,6 +279,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         shared.clone(),
         push,
         workers,
+        cluster_link,
     );
     let supervised = health.clone();
     let mut tasks = vec![
@@ -260,6 +305,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         )),
     ];
     tasks.extend(tcp_tasks);
+    tasks.extend(cluster_tasks);
     #[cfg(unix)]
     if let Some(path) = shared.cfg.keys_file.clone() {
         tasks.push(tokio::spawn(reload_keys_on_sighup(path, shared.clone())));
@@ -272,6 +318,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             shared.cfg.http_header_timeout,
         )));
     }
+    let shared_cluster = shared.cluster.is_some();
     drop(shared);
     let media: Vec<String> = media_addrs.iter().map(ToString::to_string).collect();
     let ice_tcp: Vec<String> = media_tcp_addrs.iter().map(ToString::to_string).collect();
@@ -282,6 +329,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         admin = %admin,
         media = %media.join(","),
         ice_tcp = %ice_tcp.join(","),
+        node = %instance,
+        cluster = shared_cluster,
         "sfu listening"
     );
     Ok(RunningServer {

@@ -141,6 +141,12 @@ async fn serve(
                         break Cause::Slow;
                     }
                 }
+                Some(ToSocket::Text(text)) => {
+                    let msg = Message::Text(Utf8Bytes::from(text));
+                    if !matches!(timeout(WRITE_TIMEOUT, sink.send(msg)).await, Ok(Ok(()))) {
+                        break Cause::Slow;
+                    }
+                }
                 Some(ToSocket::Close { code, reason }) => {
                     close(&mut sink, code, reason).await;
                     break if code == 4000 { Cause::Replaced } else { Cause::Error };

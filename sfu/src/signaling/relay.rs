@@ -92,6 +92,8 @@ struct Held {
 }
 
 pub struct Relay {
+    /// Off on a single node: every call is ours and the Relay passes inputs straight through.
+    cluster: bool,
     me: String,
     model: CallModel,
     next_relay: u64,
@@ -103,6 +105,10 @@ pub struct Relay {
     /// Local sockets -> calls hosted elsewhere their user is in.
     remote_calls: HashMap<ConnId, HashSet<String>>,
     held: HashMap<u64, Held>,
+    /// Logins whose presence is not published yet, with what their sockets were sent: a
+    /// login is answered once other nodes can find the user (so a call placed the next
+    /// moment rings them).
+    publishing: HashMap<ConnId, Vec<Output>>,
     next_token: u64,
     out: VecDeque<NodeOut>,
 }
@@ -113,9 +119,17 @@ pub fn host_of(call_id: &str) -> Option<&str> {
 }
 
 impl Relay {
-    /// The Relay of node `me` (its model's instance id) around `model`.
+    /// A single node's: every input goes straight to `model`.
+    pub fn single(model: CallModel) -> Self {
+        let mut r = Self::new("", model);
+        r.cluster = false;
+        r
+    }
+
+    /// The Relay of cluster node `me` (its model's instance id) around `model`.
     pub fn new(me: &str, model: CallModel) -> Self {
         Self {
+            cluster: true,
             me: me.to_string(),
             model,
             next_relay: 0,
@@ -124,6 +138,7 @@ impl Relay {
             users: HashMap::new(),
             remote_calls: HashMap::new(),
             held: HashMap::new(),
+            publishing: HashMap::new(),
             next_token: 0,
             out: VecDeque::new(),
         }
@@ -151,7 +166,12 @@ impl Relay {
         user: &str,
         ice: Vec<Value>,
     ) {
+        let before = self.model.user_of(conn);
         self.model.login_with(now, conn, id, user.to_string(), ice);
+        if !self.cluster || before.is_some() || self.model.user_of(conn).as_deref() != Some(user) {
+            return;
+        }
+        self.publishing.insert(conn, Vec::new());
         self.users.insert(conn, user.to_string());
         self.out.push_back(NodeOut::Relay(RelayOut::Arrived {
             user: user.to_string(),
@@ -162,6 +182,10 @@ impl Relay {
     /// The shell's answer to [`RelayOut::Arrived`]: the nodes that served `user` before (their
     /// previous edge, the host of their call or invite). Each attaches them here.
     pub fn attach_elsewhere(&mut self, conn: ConnId, user: &str, nodes: &[String]) {
+        self.pump();
+        if let Some(held) = self.publishing.remove(&conn) {
+            self.out.extend(held.into_iter().map(NodeOut::Model));
+        }
         let mut seen = HashSet::new();
         for node in nodes {
             if *node == self.me || !seen.insert(node.clone()) {
@@ -187,6 +211,9 @@ impl Relay {
         method: Method,
         params: Value,
     ) {
+        if !self.cluster {
+            return self.model.request(now, conn, id, method, params);
+        }
         let host = params["call_id"]
             .as_str()
             .and_then(host_of)
@@ -236,6 +263,9 @@ impl Relay {
 
     /// Local socket `conn` closed.
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        if !self.cluster {
+            return self.model.disconnect(now, conn);
+        }
         self.leave_remote(conn, None);
         self.model.disconnect(now, conn);
         if let Some(user) = self.users.remove(&conn) {
@@ -243,6 +273,7 @@ impl Relay {
                 .push_back(NodeOut::Relay(RelayOut::Departed { user, conn }));
         }
         self.remote_calls.remove(&conn);
+        self.publishing.remove(&conn);
     }
 
     /// The shell's answer to [`RelayOut::Locate`]: each user's (node, socket), if online.
@@ -259,6 +290,55 @@ impl Relay {
             }
         }
         self.model.request(now, h.conn, h.id, h.method, h.params);
+    }
+
+    /// Users could not be located (the cluster store is unreachable): the held request fails.
+    pub fn locate_failed(&mut self, token: u64) {
+        if let Some(h) = self.held.remove(&token) {
+            self.fail(
+                h.conn,
+                h.id,
+                "the cluster directory is unreachable: try again",
+            );
+        }
+    }
+
+    /// An envelope could not be sent (the cluster store is unreachable). A request of a local
+    /// socket is answered 5000; anything else is dropped (the receiver's liveness decides).
+    pub fn send_failed(&mut self, env: &Envelope) {
+        if let Envelope::Request { edge, conn, id, .. } = env
+            && *edge == self.me
+            && *id != json!(QUIET)
+        {
+            self.fail(
+                ConnId(*conn),
+                id.clone(),
+                "the call's node cannot be reached: try again",
+            );
+        }
+    }
+
+    /// The cluster store came back (perhaps empty, after a restart): publish again where every
+    /// local user is, and claim again every member of the calls hosted here.
+    pub fn resync(&mut self) {
+        if !self.cluster {
+            return;
+        }
+        for (conn, user) in &self.users {
+            self.out.push_back(NodeOut::Relay(RelayOut::Arrived {
+                user: user.clone(),
+                conn: *conn,
+            }));
+        }
+        self.model.reclaim_all();
+    }
+
+    fn fail(&mut self, conn: ConnId, id: RequestId, why: &str) {
+        let frame = json!({"jsonrpc": "2.0", "id": id, "error":
+            {"code": crate::protocol::codes::INTERNAL, "message": why}})
+        .to_string();
+        self.out
+            .push_back(NodeOut::Relay(RelayOut::Deliver { conn, frame }));
     }
 
     /// An envelope from another node's inbox.
@@ -458,7 +538,16 @@ impl Relay {
                 _ => None,
             };
             let Some((edge, edge_conn)) = relay else {
-                self.out.push_back(NodeOut::Model(o));
+                let held = match &o {
+                    Output::Send { conn, .. } | Output::Close { conn, .. } => {
+                        self.publishing.get_mut(conn)
+                    }
+                    _ => None,
+                };
+                match held {
+                    Some(h) => h.push(o),
+                    None => self.out.push_back(NodeOut::Model(o)),
+                }
                 continue;
             };
             let env = match o {

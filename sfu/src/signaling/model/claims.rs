@@ -63,6 +63,22 @@ impl CallModel {
 }
 
 impl CallModel {
+    /// Claims every member of every call again (the cluster store lost its state).
+    pub fn reclaim_all(&mut self) {
+        if !self.cfg.claims {
+            return;
+        }
+        let mut claims = Vec::new();
+        for call in self.calls.values() {
+            for m in &call.members {
+                claims.push((call.id.clone(), m.user.clone()));
+            }
+        }
+        for (call_id, user) in claims {
+            self.out.push_back(Output::Claim { call_id, user });
+        }
+    }
+
     /// `user` is reached on `conn` from now on, as after a login but with no response: how a
     /// cluster node serves a user whose socket is on another node (a relay connection). The
     /// model's takeover and replay apply: a previous connection gets `session_replaced` and is

@@ -1,0 +1,226 @@
+//! A cluster of real `sfu` nodes on a real `redis-server` (each test starts its own, on
+//! ephemeral ports): users on different nodes call each other with the rules of a single node,
+//! media flows from each client straight to the call's host node, 50 callers on three nodes
+//! race for one callee, and a node killed ends or keeps calls as docs/architecture.md says.
+//! (Redis going away and coming back is covered at the store level, tests/cluster_store.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::media::{Media, listener, talk};
+use common::redis::RedisServer;
+use common::{Closed, Server, connected_call};
+use serde_json::json;
+use tokio::sync::watch;
+
+async fn nodes(redis: &RedisServer, names: &[&str]) -> Vec<Server> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(
+            Server::start(&[
+                "--redis",
+                &redis.url(),
+                "--node-id",
+                n,
+                "--log-level",
+                "info,sfu::server::cluster=debug",
+            ])
+            .await,
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_call_with_the_single_node_rules() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b", "c"]).await;
+    let mut alice = s[0].login("alice").await;
+    let mut bob = s[1].login("bob").await;
+    let call = connected_call(&mut alice, &mut bob, "audio").await;
+    assert!(
+        call.starts_with("a."),
+        "hosted by the caller's node: {call}"
+    );
+    // Relayed both ways.
+    bob.request("message", json!({"call_id": call, "text": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(alice.expect("message").await["text"], "hi");
+    alice
+        .request("dtmf", json!({"call_id": call, "digits": "1#"}))
+        .await
+        .unwrap();
+    assert_eq!(bob.expect("dtmf").await["digits"], "1#");
+    // Busy across nodes.
+    let mut carol = s[2].login("carol").await;
+    carol
+        .request("call", json!({"to": ["bob"], "media": "audio"}))
+        .await
+        .unwrap();
+    assert_eq!(carol.expect("busy").await["user"], "bob");
+    assert_eq!(carol.expect("call_end").await["reason"], "busy");
+    // Takeover: bob logs in on node c; his socket on b is replaced, the call goes on.
+    let mut bob2 = s[2].login("bob").await;
+    let (code, frames) = bob.closed().await;
+    assert_eq!(code, Closed::Code(4000));
+    assert!(
+        frames.iter().any(|f| f["method"] == "session_replaced"),
+        "{frames:?}"
+    );
+    assert_eq!(bob2.expect("user_enter").await["user"], "alice");
+    bob2.request("message", json!({"call_id": call, "text": "moved"}))
+        .await
+        .unwrap();
+    assert_eq!(alice.expect("message").await["text"], "moved");
+    bob2.request("hangup", json!({"call_id": call}))
+        .await
+        .unwrap();
+    assert_eq!(alice.expect("user_leave").await["user"], "bob");
+    assert_eq!(alice.expect("call_end").await["reason"], "hangup");
+    // Cancel and reject across nodes; an offline callee who logs in on another node rings there.
+    let r = carol
+        .request("call", json!({"to": ["dave"], "media": "audio"}))
+        .await
+        .unwrap();
+    let c2 = r["call_id"].as_str().unwrap().to_string();
+    let mut dave = s[0].login("dave").await;
+    assert_eq!(dave.expect("invited").await["call_id"], c2.as_str());
+    dave.request("reject", json!({"call_id": c2}))
+        .await
+        .unwrap();
+    assert_eq!(carol.expect("rejected").await["user"], "dave");
+    // The admin API lists the nodes.
+    let admin = sfu::auth::Auth::new(sfu::auth::DEV_SECRET.as_bytes())
+        .mint(
+            "ops",
+            None,
+            true,
+            Duration::from_secs(60),
+            sfu::auth::unix_now(),
+        )
+        .unwrap();
+    let nodes: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/api/nodes", s[0].http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 3, "{nodes}");
+    assert!(
+        s[0].metric("sfu_cluster_envelopes_total{direction=\"sent\"}")
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_flows_between_users_on_different_nodes() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b"]).await;
+    let mut a = s[0].login("alice").await;
+    let mut b = s[1].login("bob").await;
+    let call = connected_call(&mut a, &mut b, "audio").await;
+    let (a_done, a_rx) = watch::channel(false);
+    let (b_done, b_rx) = watch::channel(false);
+    let mut steps = vec![common::media::Step::Offer, talk(Duration::from_secs(3))];
+    steps.push(common::media::Step::Done);
+    let a = Media::new(a, &call, 0).await;
+    let b = Media::new(b, &call, 1).await;
+    let ta = tokio::spawn(a.run(steps, a_done, b_rx));
+    let tb = tokio::spawn(b.run(listener(), b_done, a_rx));
+    let (sa, sb) = (ta.await.unwrap(), tb.await.unwrap());
+    assert!(
+        sb.got.len() > 100,
+        "bob (on node b) heard alice: {}",
+        sb.got.len()
+    );
+    assert!(sa.got.len() > 100, "alice heard bob: {}", sa.got.len());
+    // Media went to the host (node a): bob's answer names node a's media address.
+    let host_media = s[0].media_addrs();
+    assert!(
+        host_media
+            .iter()
+            .any(|m| sb.answer.contains(&m.port().to_string())),
+        "bob's answer names the host's media port"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_callers_on_three_nodes_race_for_one_callee() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b", "c"]).await;
+    let mut bob = s[0].login("bob").await;
+    let mut callers = Vec::new();
+    for i in 0..50 {
+        callers.push(s[i % 3].login(&format!("caller{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for mut c in callers {
+        tasks.push(tokio::spawn(async move {
+            c.request("call", json!({"to": ["bob"], "media": "audio"}))
+                .await
+                .unwrap();
+            c
+        }));
+    }
+    let mut callers = Vec::new();
+    for t in tasks {
+        callers.push(t.await.unwrap());
+    }
+    let inv = bob.expect("invited").await;
+    bob.expect_silence(Duration::from_millis(1500)).await;
+    let mut busy = 0;
+    for c in &mut callers {
+        if c.user == inv["from"] {
+            continue;
+        }
+        assert_eq!(c.expect("busy").await["user"], "bob");
+        assert_eq!(c.expect("call_end").await["reason"], "busy");
+        busy += 1;
+    }
+    assert_eq!(busy, 49, "exactly one rings, every other caller gets busy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_ends_calls_with_error_and_a_killed_edge_is_a_disconnect() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b", "c"]).await;
+    // Host a killed: bob on b hears `call_end` with `error` within 15 s, and calls again.
+    let mut alice = s[0].login("alice").await;
+    let mut bob = s[1].login("bob").await;
+    let call = connected_call(&mut alice, &mut bob, "audio").await;
+    s[0].signal("KILL");
+    let t = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(15), bob.expect("call_end"))
+        .await
+        .expect("call_end within 15 s");
+    assert_eq!(end["call_id"], call.as_str());
+    assert_eq!(end["reason"], "error");
+    eprintln!("host loss noticed in {:?}", t.elapsed());
+    let mut carol = s[2].login("carol").await;
+    bob.request("call", json!({"to": ["carol"], "media": "audio"}))
+        .await
+        .unwrap();
+    let inv = carol.expect("invited").await;
+    assert_eq!(inv["from"], "bob");
+    carol
+        .request("reject", json!({"call_id": inv["call_id"]}))
+        .await
+        .unwrap();
+    // Edge b killed while bob is in carol's call on c: after the grace, carol sees him leave.
+    let mut carol2 = s[2].login("erin").await;
+    let mut dan = s[1].login("dan").await;
+    let c2 = connected_call(&mut carol2, &mut dan, "audio").await;
+    s[1].signal("KILL");
+    let leave = tokio::time::timeout(Duration::from_secs(30), carol2.expect("user_leave"))
+        .await
+        .expect("user_leave after the grace");
+    assert_eq!(leave["user"], "dan");
+    assert_eq!(leave["reason"], "disconnected");
+    assert_eq!(carol2.expect("call_end").await["call_id"], c2.as_str());
+}
