@@ -95,17 +95,6 @@ pub(crate) async fn start(
     Ok((tx, tasks))
 }
 
-/// Longest wait for one Redis operation, whatever the client's reconnect logic does.
-const DEADLINE: Duration = Duration::from_secs(3);
-
-async fn within<T>(
-    f: impl std::future::Future<Output = Result<T, crate::cluster::StoreError>>,
-) -> Result<T, crate::cluster::StoreError> {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .unwrap_or_else(|_| Err(crate::cluster::StoreError::timeout()))
-}
-
 async fn tell(to_driver: &mpsc::Sender<Input>, c: ClusterIn) {
     let _ = to_driver.send(Input::Cluster(c)).await;
 }
@@ -124,7 +113,7 @@ async fn asks(
             ClusterCmd::Send { node, envelope } => {
                 let text = serde_json::to_string(&envelope).unwrap_or_default();
                 let t = std::time::Instant::now();
-                match within(store.send(&node, &text)).await {
+                match store.send(&node, &text).await {
                     Ok(()) => {
                         metrics
                             .cluster_relay_seconds
@@ -141,7 +130,7 @@ async fn asks(
                 let mut found = Vec::with_capacity(users.len());
                 let mut failed = false;
                 for u in users {
-                    match within(store.presence(&u)).await {
+                    match store.presence(&u).await {
                         Ok(p) => {
                             let at = p.and_then(|p| Some((p.node, p.session.parse().ok()?)));
                             found.push((u, at));
@@ -166,9 +155,9 @@ async fn asks(
                     node: me.clone(),
                     session: conn.0.to_string(),
                 };
-                let before = within(store.presence(&user)).await;
-                let host = within(store.busy_host(&user)).await;
-                let set = within(store.set_presence(&user, &here)).await;
+                let before = store.presence(&user).await;
+                let host = store.busy_host(&user).await;
+                let set = store.set_presence(&user, &here).await;
                 tracing::debug!(%user, conn = conn.0, ok = set.is_ok(), "presence published");
                 // Always answered: the login's response waits for it.
                 let nodes = match (before, host, set) {
@@ -187,13 +176,13 @@ async fn asks(
                     node: me.clone(),
                     session: conn.0.to_string(),
                 };
-                if within(store.clear_presence(&user, &here)).await.is_err() {
+                if store.clear_presence(&user, &here).await.is_err() {
                     error();
                 }
             }
             ClusterCmd::Claim { call_id, user } => {
                 // Redis away: the local busy rule alone decides (calls on this node go on).
-                let granted = match within(store.claim(&call_id, &me, &[&user])).await {
+                let granted = match store.claim(&call_id, &me, &[&user]).await {
                     Ok(Claim::Granted) => true,
                     Ok(Claim::Busy { .. }) => false,
                     Err(_) => {
@@ -212,7 +201,7 @@ async fn asks(
                 .await;
             }
             ClusterCmd::Release { call_id, user } => {
-                if within(store.release(&call_id, &me, &user)).await.is_err() {
+                if store.release(&call_id, &me, &user).await.is_err() {
                     error();
                 }
             }
@@ -228,7 +217,7 @@ async fn read_inbox(
 ) {
     loop {
         let got = tokio::select! {
-            r = within(inbox.next(256)) => r,
+            r = inbox.next(256) => r,
             _ = super::stopped(&mut shutdown) => return,
         };
         match got {
@@ -274,19 +263,19 @@ async fn heartbeat(
         tokio::select! {
             _ = tick.tick() => {}
             _ = super::stopped(&mut shutdown) => {
-                let _ = within(store.leave(&node.id)).await;
+                let _ = store.leave(&node.id).await;
                 return;
             }
         }
         node.load = metrics.calls_active.get().max(0) as u64;
-        let fresh = within(store.fresh()).await;
-        let nodes = match (fresh, within(store.heartbeat(&node)).await) {
+        let fresh = store.fresh().await;
+        let nodes = match (fresh, store.heartbeat(&node).await) {
             (Ok(fresh), Ok(())) => {
                 if fresh {
                     amnesty_until = Some(std::time::Instant::now() + crate::cluster::NODE_TTL);
                     failing = true; // and publish everything again
                 }
-                within(store.nodes()).await
+                store.nodes().await
             }
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
