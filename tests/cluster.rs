@@ -92,15 +92,7 @@ async fn users_on_different_nodes_call_with_the_single_node_rules() {
         .unwrap();
     assert_eq!(carol.expect("rejected").await["user"], "dave");
     // The admin API lists the nodes.
-    let admin = sfu::auth::Auth::new(sfu::auth::DEV_SECRET.as_bytes())
-        .mint(
-            "ops",
-            None,
-            true,
-            Duration::from_secs(60),
-            sfu::auth::unix_now(),
-        )
-        .unwrap();
+    let admin = common::admin_token();
     let nodes: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{}/api/nodes", s[0].http))
         .bearer_auth(&admin)

@@ -1,46 +1,15 @@
 //! ICE-TCP against the real `sfu`: `loadtest --transport tcp` (20 callers with no UDP
 //! candidate at all) connects, hears everyone and is counted as TCP; hostile TCP clients
-//! (not ICE, oversized frames, a flood of connections past the cap) are closed and counted
-//! while a call beside them goes on. Chromium over ICE-TCP is in tests/browser_network.rs.
+//! (not ICE, oversized frames) are closed and counted, and silent connections holding every
+//! slot of both workers cannot lock a call out. Chromium over ICE-TCP is in tests/browser_network.rs.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::Server;
-use serde_json::Value;
+use common::{Server, loadtest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn loadtest(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
-    let report: PathBuf =
-        std::env::temp_dir().join(format!("loadtest-{}-{name}.json", std::process::id()));
-    let _ = std::fs::remove_file(&report);
-    let out = tokio::process::Command::new(common::loadtest_bin())
-        .arg("--url")
-        .arg(s.ws_url())
-        .arg("--report")
-        .arg(&report)
-        .args(["--quiet", "--prefix", name])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .expect("run loadtest");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = std::fs::read_to_string(&report)
-        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
-    let _ = std::fs::remove_file(&report);
-    eprintln!("{name}:\n{stdout}");
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_str(&text).unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_over_ice_tcp_connects_everyone_and_verifies() {
@@ -118,48 +87,22 @@ async fn loadtest_over_ice_tcp_connects_everyone_and_verifies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_tcp_clients_are_closed_and_counted_beside_a_call() {
+async fn hostile_tcp_clients_are_closed_and_cannot_lock_a_call_out() {
     let s = Server::start(&[]).await;
-    let tcp = s.ice_tcp_addrs()[0];
-    // A call over ICE-TCP runs beside all of this.
-    let call = loadtest(
-        &s,
-        "beside",
-        &["--transport", "tcp", "--calls", "2", "--duration", "8s"],
-    );
-    let hostile = async {
-        // Not ICE: an RTP-looking first frame.
-        let mut c = TcpStream::connect(tcp).await.unwrap();
-        c.write_all(&[0, 4, 0x80, 0, 0, 1]).await.unwrap();
-        let mut b = [0; 16];
-        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
-        // A length over the frame limit.
-        let mut c = TcpStream::connect(tcp).await.unwrap();
-        c.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
-        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
-        // 100,000 junk bytes in one go.
-        let mut c = TcpStream::connect(tcp).await.unwrap();
-        let _ = c.write_all(&vec![0x5a; 100_000]).await;
-        assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
-        // A flood past the per-worker cap: 1,100 connections held open.
-        let mut held = Vec::new();
-        for _ in 0..1_100 {
-            if let Ok(c) = TcpStream::connect(tcp).await {
-                held.push(c);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let open = s.metric("sfu_ice_tcp_connections").await;
-        let full = s.metric("sfu_ice_tcp_closed_total{reason=\"full\"}").await;
-        drop(held);
-        (open, full)
-    };
-    let ((code, r), (open, full)) = tokio::join!(call, hostile);
-    assert_eq!(code, 0, "the call beside was not disturbed: {r:#}");
-    assert_eq!(r["verification_failures"], serde_json::json!([]), "{r:#}");
-    assert!(r["loss"].as_f64().unwrap() < 0.01, "loss {}", r["loss"]);
-    assert!(open <= 1024.0 + 4.0, "capped per worker: {open} open");
-    assert!(full >= 70.0, "the rest refused: {full}");
+    let tcp = s.ice_tcp_addrs();
+    let mut b = [0; 16];
+    // Not ICE: an RTP-looking first frame.
+    let mut c = TcpStream::connect(tcp[0]).await.unwrap();
+    c.write_all(&[0, 4, 0x80, 0, 0, 1]).await.unwrap();
+    assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
+    // A length over the frame limit.
+    let mut c = TcpStream::connect(tcp[0]).await.unwrap();
+    c.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+    assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
+    // 100,000 junk bytes in one go.
+    let mut c = TcpStream::connect(tcp[1]).await.unwrap();
+    let _ = c.write_all(&vec![0x5a; 100_000]).await;
+    assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "closed");
     assert!(
         s.metric("sfu_ice_tcp_closed_total{reason=\"not_ice\"}")
             .await
@@ -169,6 +112,41 @@ async fn hostile_tcp_clients_are_closed_and_counted_beside_a_call() {
         s.metric("sfu_ice_tcp_closed_total{reason=\"oversized\"}")
             .await
             >= 2.0
+    );
+    // Both workers filled past their cap by connections that say nothing and stay open.
+    let mut held = Vec::new();
+    for addr in &tcp {
+        for _ in 0..1_040 {
+            if let Ok(c) = TcpStream::connect(addr).await {
+                held.push(c);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = s.metric("sfu_ice_tcp_connections").await;
+    assert!(open <= 2.0 * 1024.0, "capped per worker: {open} open");
+    let evicted = s
+        .metric("sfu_ice_tcp_closed_total{reason=\"evicted\"}")
+        .await;
+    assert!(
+        evicted >= 2.0 * 16.0,
+        "the oldest silent ones made room: {evicted}"
+    );
+    // A real ICE-TCP call now: its connections take the silent ones' slots.
+    let (code, r) = loadtest(
+        &s,
+        "beside",
+        &["--transport", "tcp", "--calls", "2", "--duration", "6s"],
+    )
+    .await;
+    drop(held);
+    assert_eq!(code, 0, "the flood did not lock the call out: {r:#}");
+    assert_eq!(r["verification_failures"], serde_json::json!([]), "{r:#}");
+    assert!(r["loss"].as_f64().unwrap() < 0.01, "loss {}", r["loss"]);
+    assert!(
+        s.metric("sfu_ice_tcp_closed_total{reason=\"evicted\"}")
+            .await
+            >= evicted + 4.0
     );
     assert_eq!(s.metric("sfu_healthy").await, 1.0);
 }

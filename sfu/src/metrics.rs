@@ -170,7 +170,7 @@ impl Metrics {
             ),
             ice_tcp_closed: counter(
                 "sfu_ice_tcp_closed_total",
-                "ICE-TCP connections closed, by reason (eof; error; idle: nothing for 30 s; not_ice: the first frame is not a STUN binding request; oversized: a frame over 2048 bytes; stalled: a write blocked 10 s; full: refused, the worker has 1024 open; shutdown).",
+                "ICE-TCP connections closed, by reason (eof; error; idle: nothing for 30 s; not_ice: the first frame is not a STUN binding request; oversized: a frame over 2048 bytes; stalled: a write blocked 10 s; full: refused, the worker has 1024 open that all spoke; evicted: closed for a new one, having sent nothing yet; shutdown).",
                 &["reason"],
             ),
             cluster_nodes: gauge(

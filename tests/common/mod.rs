@@ -496,3 +496,40 @@ pub async fn connected_call(caller: &mut Client, callee: &mut Client, media: &st
     assert_eq!(callee.expect("user_enter").await["user"], caller.user);
     id
 }
+
+/// Runs loadtest against `s`; returns its exit code and JSON report.
+pub async fn loadtest(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
+    let report: PathBuf =
+        std::env::temp_dir().join(format!("loadtest-{}-{name}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let out = tokio::process::Command::new(loadtest_bin())
+        .arg("--url")
+        .arg(s.ws_url())
+        .arg("--report")
+        .arg(&report)
+        .args(["--quiet", "--prefix", name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let _ = std::fs::remove_file(&report);
+    eprintln!("{name}:\n{stdout}");
+    assert!(stdout.contains("result:"), "summary printed");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+/// A short-lived admin token for the dev server's admin API.
+pub fn admin_token() -> String {
+    Auth::new(DEV_SECRET.as_bytes())
+        .mint("ops", None, true, Duration::from_secs(60), unix_now())
+        .unwrap()
+}

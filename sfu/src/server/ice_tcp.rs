@@ -6,7 +6,9 @@
 //! Invariants: every queue is bounded and nothing waits on a full one but a connection's own
 //! writer (a client that stops reading loses its frames, counted, and is closed after
 //! [`WRITE_STALL`]); a connection is closed when it does not speak ICE first, falls silent for
-//! [`IDLE`], or announces a frame over [`FRAME_MAX`].
+//! [`IDLE`], or announces a frame over [`FRAME_MAX`]; when all [`MAX_CONNECTIONS`] slots are
+//! taken, a new connection evicts the oldest one that has not sent a frame yet, so connections
+//! that only hold a slot cannot lock real clients out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -40,7 +42,8 @@ const IDLE: Duration = Duration::from_secs(30);
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// Why connections close: the `reason` label of `sfu_ice_tcp_closed_total`.
-pub(crate) const CLOSE_REASONS: [&str; 8] = [
+pub(crate) const CLOSE_REASONS: [&str; 9] = [
+    "evicted",
     "eof",
     "error",
     "idle",
@@ -67,6 +70,83 @@ pub(crate) enum TcpInput {
     },
 }
 
+/// The connection slots of one worker: how many are open, and which have not sent a frame yet
+/// (oldest first), each with the handle that evicts it.
+#[derive(Default)]
+pub(crate) struct Slots {
+    state: std::sync::Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    open: usize,
+    next: u64,
+    silent: std::collections::VecDeque<(u64, Arc<Notify>)>,
+}
+
+/// One connection's slot.
+pub(crate) struct Slot {
+    id: u64,
+    evict: Arc<Notify>,
+    slots: Arc<Slots>,
+}
+
+impl Slots {
+    /// A slot for a new connection: a free one, or the oldest silent connection's (which is
+    /// told to go), or none.
+    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if st.open >= max {
+            let (_, victim) = st.silent.pop_front()?;
+            victim.notify_one();
+        }
+        st.open += 1;
+        st.next += 1;
+        let slot = Slot {
+            id: st.next,
+            evict: Arc::new(Notify::new()),
+            slots: self.clone(),
+        };
+        st.silent.push_back((slot.id, slot.evict.clone()));
+        Some(slot)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .open
+    }
+}
+
+impl Slot {
+    /// The connection spoke: it is no longer evictable.
+    fn spoke(&self) {
+        let mut st = self
+            .slots
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.silent.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = self
+            .slots
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.open = st.open.saturating_sub(1);
+        st.silent.retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Accepts connections on `listener` until shutdown, each served by its own task.
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
@@ -76,7 +156,7 @@ pub(crate) fn spawn(
 ) -> anyhow::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
     Ok(tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -91,13 +171,13 @@ pub(crate) fn spawn(
                 },
                 _ = super::stopped(&mut shutdown) => return,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Some(slot) = slots.admit(MAX_CONNECTIONS) else {
                 metrics.ice_tcp_closed.with_label_values(&["full"]).inc();
                 continue;
             };
             let (inbox, metrics, shutdown) = (inbox.clone(), metrics.clone(), shutdown.clone());
             tokio::spawn(async move {
-                serve(stream, peer, inbox, &metrics, shutdown).await;
+                serve(stream, peer, inbox, &metrics, shutdown, &slot).await;
                 drop(slot);
             });
         }
@@ -110,6 +190,7 @@ async fn serve(
     inbox: mpsc::Sender<TcpInput>,
     metrics: &Metrics,
     mut shutdown: watch::Receiver<bool>,
+    slot: &Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -118,8 +199,10 @@ async fn serve(
         return;
     }
     metrics.ice_tcp_connections.inc();
+    let spoke = || slot.spoke();
     let reason = tokio::select! {
-        r = read_frames(&mut rd, peer, &inbox, metrics) => r,
+        r = read_frames(&mut rd, peer, &inbox, metrics, &spoke) => r,
+        _ = slot.evict.notified() => "evicted",
         r = write_frames(&mut wr, &mut rx) => r,
         _ = super::stopped(&mut shutdown) => "shutdown",
     };
@@ -134,6 +217,7 @@ pub(crate) async fn read_frames<R: AsyncReadExt + Unpin>(
     peer: SocketAddr,
     inbox: &mpsc::Sender<TcpInput>,
     metrics: &Metrics,
+    spoke: &(dyn Fn() + Sync),
 ) -> &'static str {
     let mut frames = FrameDecoder::new(FRAME_MAX);
     let mut first = true;
@@ -152,8 +236,11 @@ pub(crate) async fn read_frames<R: AsyncReadExt + Unpin>(
                 Err(_) => return "oversized",
             };
             // A STUN binding request (RFC 5389 type 0x0001) opens every ICE-TCP connection.
-            if std::mem::take(&mut first) && !data.starts_with(&[0x00, 0x01]) {
-                return "not_ice";
+            if std::mem::take(&mut first) {
+                if !data.starts_with(&[0x00, 0x01]) {
+                    return "not_ice";
+                }
+                spoke();
             }
             match inbox.try_send(TcpInput::Frame { peer, data }) {
                 Ok(()) => {}

@@ -49,7 +49,7 @@ async fn frames_reach_the_worker_in_order_and_bad_streams_are_closed() {
     client.write_all(&wire[7..]).await.unwrap();
     drop(client);
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "eof"
     );
     let mut got = Vec::new();
@@ -63,7 +63,7 @@ async fn frames_reach_the_worker_in_order_and_bad_streams_are_closed() {
     let (mut client, mut server) = duplex(1024);
     client.write_all(&[0, 3, 0x80, 0, 0]).await.unwrap();
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "not_ice"
     );
 
@@ -72,20 +72,20 @@ async fn frames_reach_the_worker_in_order_and_bad_streams_are_closed() {
     client.write_all(&stun_frame()).await.unwrap();
     client.write_all(&[0xff, 0xff]).await.unwrap();
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "oversized"
     );
 
     // Silent from the start, and silent later.
     let (_client, mut server) = duplex(1024);
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "idle"
     );
     let (mut client, mut server) = duplex(1024);
     client.write_all(&stun_frame()).await.unwrap();
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "idle"
     );
 }
@@ -102,7 +102,7 @@ async fn a_worker_behind_costs_frames_not_the_connection() {
     client.write_all(&wire).await.unwrap();
     drop(client);
     assert_eq!(
-        read_frames(&mut server, peer(), &inbox, &metrics).await,
+        read_frames(&mut server, peer(), &inbox, &metrics, &|| {}).await,
         "eof"
     );
     let dropped = metrics
@@ -121,4 +121,35 @@ fn encode_into(wire: &mut Vec<u8>, datagram: &[u8]) {
     let mut b = BytesMut::new();
     encode(&mut b, datagram).unwrap();
     wire.extend_from_slice(&b);
+}
+
+#[test]
+fn a_full_worker_evicts_the_oldest_silent_connection_never_one_that_spoke() {
+    let slots = Arc::new(Slots::default());
+    let a = slots.admit(3).unwrap();
+    let b = slots.admit(3).unwrap();
+    let c = slots.admit(3).unwrap();
+    a.spoke();
+    c.spoke();
+    // Full: the new one takes b's slot (b is told to go), never a's or c's.
+    let d = slots.admit(3).expect("b evicted for it");
+    assert_eq!(slots.open(), 4, "b's slot is freed when its task ends");
+    drop(b);
+    assert_eq!(slots.open(), 3);
+    d.spoke();
+    // Everyone spoke: a further connection is refused.
+    assert!(slots.admit(3).is_none());
+    drop(a);
+    assert!(slots.admit(3).is_some(), "a freed slot is taken again");
+    drop((c, d));
+}
+
+#[tokio::test]
+async fn an_evicted_connection_is_told_at_once() {
+    let slots = Arc::new(Slots::default());
+    let silent = slots.admit(1).unwrap();
+    let _new = slots.admit(1).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), silent.evict.notified())
+        .await
+        .expect("the silent one is told to go");
 }
