@@ -223,7 +223,7 @@ impl Metrics {
             ),
             datagrams_dropped: counter(
                 "sfu_datagrams_dropped_total",
-                "UDP datagrams dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; oversized: longer than 2048 bytes; send_failed: refused by the kernel; send_queue_full: the socket stayed full too long; tcp_send_queue_full: an ICE-TCP connection's client reads too slowly; tcp_receive_queue_full: the worker is behind on ICE-TCP input; tcp_closed: sent to an ICE-TCP connection already gone).",
+                "Datagrams (UDP, and ICE-TCP frames) dropped, by reason (unrouted: no Peer claims them; over_rate: over a Peer's packet-rate ceiling; oversized: longer than 2048 bytes; send_failed: refused by the kernel; send_queue_full: the socket stayed full too long; tcp_send_queue_full: an ICE-TCP connection's client reads too slowly; tcp_receive_queue_full: the worker is behind on ICE-TCP input; tcp_closed: sent to an ICE-TCP connection already gone).",
                 &["reason"],
             ),
             limits_hit: counter(

@@ -358,6 +358,11 @@ fn a_login_on_another_node_takes_over_and_the_call_goes_on() {
         json!({"call_id": call, "text": "moved"}),
     );
     assert_eq!(net.got(0, alice, "message")[0]["text"], "moved");
+    assert_eq!(
+        net.nodes[0].relay_connections(),
+        1,
+        "the replaced relay connection went"
+    );
     net.req(
         0,
         alice,
@@ -397,6 +402,11 @@ fn a_reconnect_to_another_node_within_the_grace_keeps_the_call() {
     assert!(
         net.got(0, alice, "user_leave").is_empty(),
         "grace ended by the reconnect"
+    );
+    assert_eq!(
+        net.nodes[0].relay_connections(),
+        1,
+        "the host serves bob on his new socket only: the old one's relay connection went"
     );
     net.req(
         2,

@@ -209,10 +209,15 @@ impl Peer {
         .map_err(|_| MediaError::BadSdp("media session could not be created".into()))?;
         let sdp = offer.to_sdp_string();
         let fec = sdp.contains("useinbandfec=1");
+        // str0m's parser, like every str0m call here, behind catch_unwind.
         let relays = sdp
             .lines()
-            .filter_map(|l| l.strip_prefix("a="))
-            .filter_map(|l| Candidate::from_sdp_string(l).ok())
+            .filter_map(|l| l.strip_prefix("a=candidate"))
+            .filter_map(|l| {
+                guarded(|| Candidate::from_sdp_string(&format!("candidate{l}")))
+                    .ok()?
+                    .ok()
+            })
             .filter(|c| c.kind() == str0m::CandidateKind::Relayed)
             .map(|c| c.addr())
             .take(MAX_RELAYS)

@@ -110,11 +110,14 @@ pub(crate) async fn run(
             _ = super::stopped(&mut shutdown) => break,
         }
         while let Some(out) = node.poll_output() {
-            match out {
+            let refused = match out {
                 NodeOut::Model(out) => {
                     carry_out(&shared, &push, &mut workers, &mut node, &cluster_tx, out)
                 }
                 NodeOut::Relay(out) => to_cluster(&shared, &cluster_tx, out),
+            };
+            if let Some(cmd) = refused {
+                answer_refused(&mut node, cmd);
             }
         }
         let limited = node.model().pushes_limited();
@@ -230,35 +233,65 @@ fn apply(node: &mut Relay, shared: &Shared, input: Input) {
 }
 
 /// Carries out the Relay's asks: frames from other nodes to local sockets, the rest to the
-/// cluster tasks (never waiting: a full queue drops, counted).
-fn to_cluster(shared: &Shared, tx: &Option<mpsc::Sender<ClusterCmd>>, out: RelayOut) {
+/// cluster tasks (never waiting: a full queue refuses, counted). Returns a refused ask.
+fn to_cluster(
+    shared: &Shared,
+    tx: &Option<mpsc::Sender<ClusterCmd>>,
+    out: RelayOut,
+) -> Option<ClusterCmd> {
     let cmd = match out {
-        RelayOut::Deliver { conn, frame } => return to_socket(shared, conn, ToSocket::Text(frame)),
-        RelayOut::Close { conn, code, .. } => {
+        RelayOut::Deliver { conn, frame } => {
+            to_socket(shared, conn, ToSocket::Text(frame));
+            return None;
+        }
+        RelayOut::Close { conn, code } => {
             let reason = if code == 4000 {
                 "session replaced"
             } else {
                 "closed by the call's node"
             };
-            return to_socket(shared, conn, ToSocket::Close { code, reason });
+            to_socket(shared, conn, ToSocket::Close { code, reason });
+            return None;
         }
         RelayOut::Send { node, envelope } => ClusterCmd::Send { node, envelope },
         RelayOut::Locate { token, users } => ClusterCmd::Locate { token, users },
         RelayOut::Arrived { user, conn } => ClusterCmd::Arrived { user, conn },
         RelayOut::Departed { user, conn } => ClusterCmd::Departed { user, conn },
     };
-    ask(shared, tx, cmd);
+    ask(shared, tx, cmd)
 }
 
-fn ask(shared: &Shared, tx: &Option<mpsc::Sender<ClusterCmd>>, cmd: ClusterCmd) {
-    if let Some(tx) = tx
-        && tx.try_send(cmd).is_err()
-    {
-        shared
-            .metrics
-            .queue_dropped
-            .with_label_values(&["cluster"])
-            .inc();
+/// Queues `cmd` for the cluster tasks; returns it when the queue is full (counted).
+fn ask(
+    shared: &Shared,
+    tx: &Option<mpsc::Sender<ClusterCmd>>,
+    cmd: ClusterCmd,
+) -> Option<ClusterCmd> {
+    let tx = tx.as_ref()?;
+    match tx.try_send(cmd) {
+        Ok(()) => None,
+        Err(TrySendError::Full(cmd) | TrySendError::Closed(cmd)) => {
+            shared
+                .metrics
+                .queue_dropped
+                .with_label_values(&["cluster"])
+                .inc();
+            Some(cmd)
+        }
+    }
+}
+
+/// An ask the cluster tasks could not take is answered as Redis being away would answer it,
+/// so no client waits on it: a relayed request fails with 5000, a login is answered, a claim
+/// is left to the local busy rule.
+fn answer_refused(node: &mut Relay, cmd: ClusterCmd) {
+    let now = Instant::now().into_std();
+    match cmd {
+        ClusterCmd::Send { envelope, .. } => node.send_failed(&envelope),
+        ClusterCmd::Locate { token, .. } => node.locate_failed(token),
+        ClusterCmd::Arrived { user, conn } => node.attach_elsewhere(conn, &user, &[]),
+        ClusterCmd::Claim { call_id, user } => node.model_mut().claimed(now, &call_id, &user, true),
+        ClusterCmd::Departed { .. } | ClusterCmd::Release { .. } => {}
     }
 }
 
@@ -269,7 +302,7 @@ fn carry_out(
     node: &mut Relay,
     cluster: &Option<mpsc::Sender<ClusterCmd>>,
     out: Output,
-) {
+) -> Option<ClusterCmd> {
     match out {
         Output::Media(cmd) => to_worker(shared, workers, node.model_mut(), cmd),
         Output::Send { conn, msg } => to_socket(shared, conn, ToSocket::Frame(msg)),
@@ -294,12 +327,13 @@ fn carry_out(
         Output::Event(event) => record(shared, workers, event),
         // Only with ModelConfig::claims, which a cluster node sets.
         Output::Claim { call_id, user } => {
-            ask(shared, cluster, ClusterCmd::Claim { call_id, user })
+            return ask(shared, cluster, ClusterCmd::Claim { call_id, user });
         }
         Output::Release { call_id, user } => {
-            ask(shared, cluster, ClusterCmd::Release { call_id, user })
+            return ask(shared, cluster, ClusterCmd::Release { call_id, user });
         }
     }
+    None
 }
 
 /// Hands a media command to the Worker hosting its call. An `offer`/`answer` that cannot be

@@ -6,7 +6,8 @@
 //! model says on that connection back to the edge. Nothing here touches Redis or a socket:
 //! envelopes, look-ups and presence go out as [`RelayOut`]s, their answers come back as inputs.
 //!
-//! Invariants: a relay connection maps to exactly one (edge, socket) and back; an edge knows,
+//! Invariants: a relay connection maps to exactly one (edge, socket) and back, and goes when
+//! that socket is gone (detached, replaced, or its node lost); an edge knows,
 //! per local socket, the calls hosted elsewhere that its user is in (from what the hosts sent),
 //! so a host's death ends them for that user with `error`.
 
@@ -62,11 +63,8 @@ pub enum RelayOut {
     Send { node: String, envelope: Envelope },
     /// A frame for a local socket, written by a host.
     Deliver { conn: ConnId, frame: String },
-    Close {
-        conn: ConnId,
-        code: u16,
-        reason: String,
-    },
+    /// Close a local socket (`code` 4000: its session was replaced elsewhere).
+    Close { conn: ConnId, code: u16 },
     /// Where are these users? Answer with [`Relay::located`].
     Locate { token: u64, users: Vec<String> },
     /// `user` logged in here on `conn`: publish it, then answer with [`Relay::attach_elsewhere`]
@@ -142,6 +140,11 @@ impl Relay {
             next_token: 0,
             out: VecDeque::new(),
         }
+    }
+
+    /// Relay connections open here (users of other nodes served by this one).
+    pub fn relay_connections(&self) -> usize {
+        self.relays.len()
     }
 
     pub fn model(&self) -> &CallModel {
@@ -353,7 +356,7 @@ impl Relay {
                 params,
             } => {
                 let relay = self.relay_conn(&edge, conn);
-                if self.model_user(relay).as_deref() != Some(user.as_str()) {
+                if self.model.user_of(relay).as_deref() != Some(user.as_str()) {
                     self.model.attach(now, relay, &user);
                 }
                 if let Ok(m) = method.parse::<Method>() {
@@ -372,11 +375,10 @@ impl Relay {
                 self.out
                     .push_back(NodeOut::Relay(RelayOut::Deliver { conn, frame }));
             }
-            Envelope::Close { conn, code, reason } => {
+            Envelope::Close { conn, code, .. } => {
                 self.out.push_back(NodeOut::Relay(RelayOut::Close {
                     conn: ConnId(conn),
                     code,
-                    reason,
                 }));
             }
             Envelope::Attach { edge, conn, user } => {
@@ -385,7 +387,9 @@ impl Relay {
                 // A local socket of that user here is replaced: the model closed it.
             }
             Envelope::Detach { edge, conn } => {
-                if let Some(relay) = self.relays.get(&(edge, conn)).copied() {
+                // That socket is gone for good: a reconnect comes on a new one (`Attach`).
+                if let Some(relay) = self.relays.remove(&(edge, conn)) {
+                    self.back.remove(&relay);
                     self.model.disconnect(now, relay);
                 }
             }
@@ -493,10 +497,6 @@ impl Relay {
         c
     }
 
-    fn model_user(&self, relay: ConnId) -> Option<String> {
-        self.model.user_of(relay)
-    }
-
     /// Keeps an edge's list of its users' remote calls up to date from what hosts send.
     fn track(&mut self, conn: ConnId, frame: &str) {
         let Ok(v) = serde_json::from_str::<Value>(frame) else {
@@ -559,11 +559,16 @@ impl Relay {
                     conn: edge_conn,
                     frame: msg.to_frame(),
                 },
-                Output::Close { code, reason, .. } => Envelope::Close {
-                    conn: edge_conn,
-                    code,
-                    reason: reason.to_string(),
-                },
+                Output::Close { conn, code, reason } => {
+                    // The model is done with this connection (replaced): so is the Relay.
+                    self.back.remove(&conn);
+                    self.relays.remove(&(edge.clone(), edge_conn));
+                    Envelope::Close {
+                        conn: edge_conn,
+                        code,
+                        reason: reason.to_string(),
+                    }
+                }
                 _ => continue,
             };
             self.send(&edge, env);

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use super::{CallModel, Output};
-use crate::protocol::{EndReason, Notification};
+use crate::protocol::EndReason;
 
 impl CallModel {
     /// The cluster's answer to [`Output::Claim`] for `user` in `call_id`.
@@ -39,14 +39,7 @@ impl CallModel {
         if granted {
             self.admit_invitee(now, call_id, &inviter, user, &to);
         } else {
-            let audience = Self::audience(call, "");
-            self.tell(
-                &audience,
-                Notification::Busy {
-                    call_id: call_id.to_string(),
-                    user: user.to_string(),
-                },
-            );
+            self.report_busy(call_id, user);
             self.end_if_done(now, call_id, EndReason::Busy);
         }
     }

@@ -18,19 +18,11 @@ impl CallModel {
         user: &str,
         to: &[String],
     ) {
-        let Some(call) = self.calls.get(call_id) else {
+        if !self.calls.contains_key(call_id) {
             return;
-        };
+        }
         if self.is_busy(user) {
-            let audience = Self::audience(call, "");
-            self.tell(
-                &audience,
-                Notification::Busy {
-                    call_id: call_id.to_string(),
-                    user: user.to_string(),
-                },
-            );
-            return;
+            return self.report_busy(call_id, user);
         }
         if self.cfg.claims {
             // Busy elsewhere in the cluster? The claim's answer decides (`claimed`).
@@ -108,5 +100,20 @@ impl CallModel {
                 self.pushes_limited += 1;
             }
         }
+    }
+
+    /// Tells `call_id`'s members that `user` is busy (in a call here, or elsewhere in the cluster).
+    pub(super) fn report_busy(&mut self, call_id: &str, user: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let audience = Self::audience(call, "");
+        self.tell(
+            &audience,
+            Notification::Busy {
+                call_id: call_id.to_string(),
+                user: user.to_string(),
+            },
+        );
     }
 }
