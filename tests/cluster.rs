@@ -1,8 +1,9 @@
 //! A cluster of real `sfu` nodes on a real `redis-server` (each test starts its own, on
 //! ephemeral ports): users on different nodes call each other with the rules of a single node,
 //! media flows from each client straight to the call's host node, 50 callers on three nodes
-//! race for one callee, and a node killed ends or keeps calls as docs/architecture.md says.
-//! (Redis going away and coming back is covered at the store level, tests/cluster_store.rs.)
+//! race for one callee, a node killed ends or keeps calls as docs/architecture.md says, and a
+//! Redis restart mid-call keeps the call's media and signaling while cross-node asks answer
+//! 5000, until the nodes publish everything again.
 
 mod common;
 
@@ -47,7 +48,7 @@ async fn users_on_different_nodes_call_with_the_single_node_rules() {
     bob.request("message", json!({"call_id": call, "text": "hi"}))
         .await
         .unwrap();
-    assert_eq!(alice.expect("message").await["text"], "hi");
+    assert_eq!(alice.expect_past_reports("message").await["text"], "hi");
     alice
         .request("dtmf", json!({"call_id": call, "digits": "1#"}))
         .await
@@ -73,7 +74,7 @@ async fn users_on_different_nodes_call_with_the_single_node_rules() {
     bob2.request("message", json!({"call_id": call, "text": "moved"}))
         .await
         .unwrap();
-    assert_eq!(alice.expect("message").await["text"], "moved");
+    assert_eq!(alice.expect_past_reports("message").await["text"], "moved");
     bob2.request("hangup", json!({"call_id": call}))
         .await
         .unwrap();
@@ -215,4 +216,99 @@ async fn a_killed_host_ends_calls_with_error_and_a_killed_edge_is_a_disconnect()
     assert_eq!(leave["user"], "dan");
     assert_eq!(leave["reason"], "disconnected");
     assert_eq!(carol2.expect("call_end").await["call_id"], c2.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_keeps_running_calls_and_the_cluster_recovers() {
+    let mut redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b"]).await;
+    let mut alice = s[0].login("alice").await;
+    let mut bob = s[1].login("bob").await;
+    let mut carol = s[1].login("carol").await;
+    let _dave = s[0].login("dave").await;
+    let call = connected_call(&mut alice, &mut bob, "audio").await;
+    let (a_done, a_rx) = watch::channel(false);
+    let (b_done, b_rx) = watch::channel(false);
+    let a = Media::new(alice, &call, 0).await;
+    let b = Media::new(bob, &call, 1).await;
+    let steps = vec![
+        common::media::Step::Offer,
+        talk(Duration::from_secs(9)),
+        common::media::Step::Done,
+    ];
+    let ta = tokio::spawn(a.run_keeping_socket(steps, a_done, b_rx));
+    let tb = tokio::spawn(b.run_keeping_socket(listener(), b_done, a_rx));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.kill().await;
+    // Redis away: a new cross-node call is refused clearly, at once.
+    let t = std::time::Instant::now();
+    let code = carol
+        .error_code("call", json!({"to": ["dave"], "media": "audio"}))
+        .await;
+    assert_eq!(code, 5000, "cross-node call while Redis is away");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart().await;
+
+    // Redis back, empty: presence is published again and cross-node calls ring once more.
+    let t = std::time::Instant::now();
+    let rang = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "cluster recovered within 15 s"
+        );
+        match carol
+            .request("call", json!({"to": ["dave"], "media": "audio"}))
+            .await
+        {
+            Ok(r) => break r["call_id"].as_str().unwrap().to_string(),
+            Err(e) => {
+                assert_eq!(e["code"], 5000, "{e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    eprintln!(
+        "cross-node calls again {:?} after Redis returned",
+        t.elapsed()
+    );
+    carol
+        .request("hangup", json!({"call_id": rang}))
+        .await
+        .unwrap();
+
+    let ((sa, mut alice), (sb, mut bob)) = (ta.await.unwrap(), tb.await.unwrap());
+    // Media never stopped: bob heard alice's packets from before, during and after the outage.
+    let sent = sa.marks.last().unwrap().1;
+    assert!(
+        sb.got.len() as f64 > 0.9 * sent as f64,
+        "bob heard {} of alice's {sent} packets",
+        sb.got.len()
+    );
+    assert!(sa.got.len() > 300, "alice heard bob: {}", sa.got.len());
+    // The running call's signaling is relayed again, both ways.
+    bob.request("message", json!({"call_id": call, "text": "still here"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.expect_past_reports("message").await["text"],
+        "still here"
+    );
+    alice
+        .request("mute", json!({"call_id": call, "audio": true}))
+        .await
+        .unwrap();
+    let n = bob.expect_past_reports("audio_available").await;
+    assert_eq!(
+        (&n["user"], &n["available"]),
+        (&json!("alice"), &json!(false))
+    );
+    // Busy claims were made again: carol (on b) calling alice (busy on a) hears `busy`.
+    carol
+        .request("call", json!({"to": ["alice"], "media": "audio"}))
+        .await
+        .unwrap();
+    assert_eq!(carol.expect("busy").await["user"], "alice");
+    assert_eq!(carol.expect("call_end").await["reason"], "busy");
 }

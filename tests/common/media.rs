@@ -298,11 +298,21 @@ impl Media {
     }
 
     pub async fn run(
+        self,
+        steps: Vec<Step>,
+        done: watch::Sender<bool>,
+        peer_done: watch::Receiver<bool>,
+    ) -> Seen {
+        self.run_keeping_socket(steps, done, peer_done).await.0
+    }
+
+    /// [`Media::run`], handing back the signaling socket for what follows.
+    pub async fn run_keeping_socket(
         mut self,
         steps: Vec<Step>,
         done: watch::Sender<bool>,
         mut peer_done: watch::Receiver<bool>,
-    ) -> Seen {
+    ) -> (Seen, Client) {
         for (i, step) in steps.into_iter().enumerate() {
             self.seen.marks.push((i, self.n));
             match step {
@@ -321,7 +331,7 @@ impl Media {
             }
         }
         self.seen.marks.push((usize::MAX, self.n));
-        self.seen
+        (self.seen, self.ws)
     }
 }
 

@@ -430,6 +430,22 @@ impl Client {
         v["params"].clone()
     }
 
+    /// The next notification other than the periodic `volume` and `quality` reports, which
+    /// must be `method`; returns its params.
+    pub async fn expect_past_reports(&mut self, method: &str) -> Value {
+        loop {
+            let v = match self.queue.pop_front() {
+                Some(v) => v,
+                None => self.next_json().await,
+            };
+            if v["method"] == "volume" || v["method"] == "quality" {
+                continue;
+            }
+            assert_eq!(v["method"], method, "unexpected notification {v}");
+            return v["params"].clone();
+        }
+    }
+
     /// Asserts no notification arrives for `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
         assert!(self.queue.is_empty(), "queued: {:?}", self.queue);
