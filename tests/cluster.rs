@@ -312,3 +312,48 @@ async fn a_redis_restart_keeps_running_calls_and_the_cluster_recovers() {
     assert_eq!(carol.expect("busy").await["user"], "alice");
     assert_eq!(carol.expect("call_end").await["reason"], "busy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_threshold_places_new_calls_on_another_node() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = Server::start(&["--redis", &url, "--node-id", "a", "--spill-above", "1"]).await;
+    let b = Server::start(&["--redis", &url, "--node-id", "b"]).await;
+    let mut alice = a.login("alice").await;
+    let mut bob = a.login("bob").await;
+    let first = connected_call(&mut alice, &mut bob, "audio").await;
+    assert!(first.starts_with("a."), "{first}");
+    // a hosts one call: once its heartbeat saw b (every 2 s), the next call goes to b, though
+    // every user is on a.
+    let mut carol = a.login("carol").await;
+    let mut dave = a.login("dave").await;
+    let t = std::time::Instant::now();
+    let call = loop {
+        let c = connected_call(&mut carol, &mut dave, "audio").await;
+        if c.starts_with("b.") {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "placed on b: {c}");
+        carol
+            .request("hangup", json!({"call_id": c}))
+            .await
+            .unwrap();
+        dave.expect("user_leave").await;
+        dave.expect("call_end").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // The call lives on b: its rules and relays work for both users on a.
+    dave.request("message", json!({"call_id": call, "text": "on b"}))
+        .await
+        .unwrap();
+    assert_eq!(carol.expect_past_reports("message").await["text"], "on b");
+    b.wait_metric("sfu_calls_active", 1.0).await;
+    carol
+        .request("hangup", json!({"call_id": call}))
+        .await
+        .unwrap();
+    assert_eq!(
+        dave.expect_past_reports("user_leave").await["user"],
+        "carol"
+    );
+}

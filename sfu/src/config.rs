@@ -139,6 +139,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_NODE_ID", value_name = "NAME")]
     pub node_id: Option<String>,
 
+    /// In a cluster, once this node hosts this many calls, new calls go to the least-loaded
+    /// node instead (if one hosts fewer). [default: none: a call is hosted by its caller's node]
+    #[arg(long, env = "SFU_SPILL_ABOVE", value_name = "CALLS")]
+    pub spill_above: Option<u64>,
+
     /// Media worker threads, each with its own UDP port; a call lives on one. [default: number of cores]
     #[arg(long, env = "SFU_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -308,6 +313,8 @@ pub struct ServeConfig {
     /// `--redis` and `--node-id`: this node's cluster, if any.
     pub redis: Option<String>,
     pub node_id: String,
+    /// `--spill-above`: calls hosted from which new calls are placed elsewhere.
+    pub spill_above: Option<u64>,
     pub workers: usize,
     pub quality_interval: Duration,
     pub volume_interval: Duration,
@@ -437,6 +444,9 @@ impl ServeArgs {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
             bail!("--node-id must be 1 to 64 letters, digits, '.', '_' or '-'");
+        }
+        if self.spill_above.is_some() && self.redis.is_none() {
+            bail!("--spill-above places calls on other cluster nodes: it needs --redis");
         }
         if self.dev && !media_ip.is_loopback() {
             bail!("--dev binds loopback only (--media-ip {media_ip} is not)");
@@ -570,6 +580,7 @@ impl ServeArgs {
             turn,
             redis: self.redis.clone(),
             node_id,
+            spill_above: self.spill_above,
             workers,
             quality_interval,
             volume_interval,

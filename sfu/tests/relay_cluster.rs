@@ -38,6 +38,11 @@ fn node_name(n: usize) -> String {
 
 impl Net {
     fn new(n: usize) -> Self {
+        Self::spilling(n, None)
+    }
+
+    /// `n` nodes placing new calls elsewhere from `spill_above` calls hosted.
+    fn spilling(n: usize, spill_above: Option<u64>) -> Self {
         let nodes = (0..n)
             .map(|i| {
                 Relay::new(
@@ -49,6 +54,7 @@ impl Net {
                         ..ModelConfig::default()
                     }),
                 )
+                .with_placement(spill_above)
             })
             .collect();
         Self {
@@ -227,6 +233,17 @@ impl Net {
             }
         }
         self.settle();
+    }
+
+    /// A heartbeat: every node learns the calls each live node hosts.
+    fn heartbeat(&mut self) {
+        let loads: Vec<(String, u64)> = (0..self.nodes.len())
+            .filter(|n| self.alive[*n])
+            .map(|n| (node_name(n), self.nodes[n].model().calls_active() as u64))
+            .collect();
+        for n in 0..self.nodes.len() {
+            self.nodes[n].node_loads(loads.clone());
+        }
     }
 
     /// Node `dead` stops; the others learn it (its registry entry expired).
@@ -451,6 +468,134 @@ fn a_lost_edge_is_a_disconnect_then_a_leave_after_the_grace() {
     assert_eq!(leave[0]["user"], "bob");
     assert_eq!(leave[0]["reason"], "disconnected");
     assert_eq!(net.got(0, alice, "call_end")[0]["reason"], "disconnected");
+}
+
+#[test]
+fn a_node_at_its_threshold_places_new_calls_on_the_least_loaded_node() {
+    let mut net = Net::spilling(3, Some(1));
+    let alice = net.login(0, "alice");
+    let bob = net.login(1, "bob");
+    let carol = net.login(0, "carol");
+    let dave = net.login(2, "dave");
+    let erin = net.login(1, "erin");
+    net.heartbeat();
+    // n0 hosts nothing yet: alice's call stays on her node.
+    let r = net.req(
+        0,
+        alice,
+        Method::Call,
+        json!({"to": ["bob"], "media": "audio"}),
+    );
+    assert!(r["result"]["call_id"].as_str().unwrap().starts_with("n0-"));
+    // n1 gets a call of its own: erin calls dave.
+    let r = net.req(
+        1,
+        erin,
+        Method::Call,
+        json!({"to": ["dave"], "media": "audio"}),
+    );
+    assert!(r["result"]["call_id"].as_str().unwrap().starts_with("n1-"));
+    net.heartbeat();
+    // n0 is at its threshold: carol's call goes to n2, which hosts none; the rules hold there.
+    let r = net.req(
+        0,
+        carol,
+        Method::Call,
+        json!({"to": ["dave"], "media": "audio"}),
+    );
+    let call = r["result"]["call_id"].as_str().unwrap().to_string();
+    assert!(call.starts_with("n2-"), "least loaded: {call}");
+    assert_eq!(net.got(2, dave, "busy").len(), 0);
+    assert_eq!(
+        net.got(0, carol, "busy")[0]["user"],
+        "dave",
+        "busy with erin's call"
+    );
+    assert_eq!(net.got(0, carol, "call_end")[0]["reason"], "busy");
+    // Until the next heartbeat, n0 counts that call on n2 (as loaded as n0 now): this one
+    // stays here; after it, n2 hosts none again.
+    let r = net.req(
+        0,
+        carol,
+        Method::Call,
+        json!({"to": ["frank"], "media": "audio"}),
+    );
+    let c = r["result"]["call_id"].as_str().unwrap().to_string();
+    assert!(c.starts_with("n0-"), "{c}");
+    net.req(0, carol, Method::Hangup, json!({"call_id": c}));
+    net.heartbeat();
+    let r = net.req(
+        0,
+        carol,
+        Method::Call,
+        json!({"to": ["frank"], "media": "audio"}),
+    );
+    let call = r["result"]["call_id"].as_str().unwrap().to_string();
+    assert!(call.starts_with("n2-"), "{call}");
+    let frank = net.login(0, "frank");
+    assert_eq!(net.got(0, frank, "invited")[0]["call_id"], call.as_str());
+    net.req(0, frank, Method::Accept, json!({"call_id": call}));
+    assert_eq!(net.got(0, carol, "accepted")[0]["user"], "frank");
+    let r = net.req(
+        0,
+        frank,
+        Method::Message,
+        json!({"call_id": call, "text": "via n2"}),
+    );
+    assert_eq!(r["result"], json!({}));
+    assert_eq!(net.got(0, carol, "message")[0]["text"], "via n2");
+    // A caller already in a call stays with this node's rules (not placed elsewhere).
+    let r = net.req(
+        0,
+        alice,
+        Method::Call,
+        json!({"to": ["erin"], "media": "audio"}),
+    );
+    if let Some(id) = r["result"]["call_id"].as_str() {
+        assert!(id.starts_with("n0-"), "{id}");
+    }
+    // The host n2 lost: carol's edge knew the call from its response, and ends it.
+    net.kill(2);
+    let end = net.got(0, carol, "call_end");
+    assert_eq!(end.last().unwrap()["call_id"], call.as_str());
+    assert_eq!(end.last().unwrap()["reason"], "error");
+    // And no call is placed on a lost node.
+    let r = net.req(
+        0,
+        carol,
+        Method::Call,
+        json!({"to": ["erin"], "media": "audio"}),
+    );
+    assert!(
+        !r["result"]["call_id"].as_str().unwrap().starts_with("n2-"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_remote_members_invite_finds_invitees_on_any_node() {
+    let mut net = Net::new(3);
+    let alice = net.login(0, "alice");
+    let bob = net.login(1, "bob");
+    let erin = net.login(2, "erin");
+    let r = net.req(
+        0,
+        alice,
+        Method::Call,
+        json!({"to": ["bob"], "media": "audio", "group": true}),
+    );
+    let call = r["result"]["call_id"].as_str().unwrap().to_string();
+    net.req(1, bob, Method::Accept, json!({"call_id": call}));
+    let r = net.req(
+        1,
+        bob,
+        Method::Invite,
+        json!({"call_id": call, "to": ["erin"]}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    let inv = net.got(2, erin, "invited");
+    assert_eq!(inv.len(), 1, "erin rings on her node, not as offline");
+    assert_eq!(inv[0]["from"], "bob");
 }
 
 #[test]

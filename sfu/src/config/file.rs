@@ -38,6 +38,7 @@ impl ServeArgs {
             turn_ttl: self.turn_ttl.or(file.turn_ttl),
             redis: self.redis.or(file.redis),
             node_id: self.node_id.or(file.node_id),
+            spill_above: self.spill_above.or(file.spill_above),
             workers: self.workers.or(file.workers),
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),

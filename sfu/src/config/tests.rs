@@ -117,3 +117,22 @@ fn cli_parses() {
         _ => panic!("expected serve"),
     }
 }
+
+#[test]
+fn cluster_settings_are_checked() {
+    let with = |redis: Option<&str>, node: Option<&str>, spill: Option<u64>| ServeArgs {
+        dev: true,
+        redis: redis.map(String::from),
+        node_id: node.map(String::from),
+        spill_above: spill,
+        ..Default::default()
+    };
+    let err = |a: ServeArgs| a.resolve().unwrap_err().to_string();
+    assert!(err(with(Some("http://x"), Some("a"), None)).contains("redis://"));
+    assert!(err(with(Some("redis://x/"), Some("a b"), None)).contains("--node-id"));
+    assert!(err(with(None, Some("a"), Some(10))).contains("needs --redis"));
+    let ok = with(Some("redis://127.0.0.1:6379/"), Some("a"), Some(10));
+    assert_eq!(ok.resolve().unwrap().spill_above, Some(10));
+    let toml: ServeArgs = toml::from_str("spill-above = 5").unwrap();
+    assert_eq!(toml.spill_above, Some(5));
+}

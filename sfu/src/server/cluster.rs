@@ -54,6 +54,8 @@ pub(crate) enum ClusterIn {
         granted: bool,
     },
     NodeDead(String),
+    /// The live nodes and the calls each hosts (every heartbeat).
+    Loads(Vec<(String, u64)>),
     SendFailed(Envelope),
     /// Redis answered again after failing: publish and claim everything again.
     Resync,
@@ -290,6 +292,8 @@ async fn heartbeat(
         if std::mem::take(&mut failing) {
             tell(&to_driver, ClusterIn::Resync).await;
         }
+        let loads = nodes.iter().map(|n| (n.id.clone(), n.load)).collect();
+        tell(&to_driver, ClusterIn::Loads(loads)).await;
         let now: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
         metrics.cluster_nodes.set(now.len() as i64);
         if amnesty_until.is_some_and(|t| std::time::Instant::now() < t) {

@@ -51,6 +51,8 @@ pub(crate) enum Input {
 pub(crate) struct ClusterLink {
     pub me: String,
     pub tx: mpsc::Sender<ClusterCmd>,
+    /// `--spill-above`.
+    pub spill_above: Option<u64>,
 }
 
 /// Inputs handled before outputs are flushed, to amortize wake-ups under load.
@@ -73,7 +75,7 @@ pub(crate) async fn run(
     cluster: Option<ClusterLink>,
 ) {
     let mut node = match &cluster {
-        Some(c) => Relay::new(&c.me, CallModel::new(cfg)),
+        Some(c) => Relay::new(&c.me, CallModel::new(cfg)).with_placement(c.spill_above),
         None => Relay::single(CallModel::new(cfg)),
     };
     let cluster_tx = cluster.map(|c| c.tx);
@@ -226,6 +228,7 @@ fn apply(node: &mut Relay, shared: &Shared, input: Input) {
                 granted,
             } => node.model_mut().claimed(now, &call_id, &user, granted),
             ClusterIn::NodeDead(n) => node.node_dead(now, &n),
+            ClusterIn::Loads(loads) => node.node_loads(loads),
             ClusterIn::SendFailed(env) => node.send_failed(&env),
             ClusterIn::Resync => node.resync(),
         },

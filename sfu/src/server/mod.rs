@@ -265,6 +265,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 Some(driver::ClusterLink {
                     me: instance.clone(),
                     tx,
+                    spill_above: shared.cfg.spill_above,
                 }),
                 tasks,
             )

@@ -219,6 +219,11 @@ impl CallModel {
         self.calls.len()
     }
 
+    /// Whether `user` is a member of a call this model holds (ringing or joined).
+    pub fn in_call(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| !u.calls.is_empty())
+    }
+
     /// The user logged in on `conn`, if any.
     pub fn user_of(&self, conn: ConnId) -> Option<String> {
         self.conns.get(&conn).cloned().flatten()

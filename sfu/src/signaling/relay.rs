@@ -5,6 +5,8 @@
 //! (a `ConnId` of its model standing for the user's socket at the edge) and sends what its
 //! model says on that connection back to the edge. Nothing here touches Redis or a socket:
 //! envelopes, look-ups and presence go out as [`RelayOut`]s, their answers come back as inputs.
+//! A new call is hosted by its caller's node unless [`Placement`] sends it to a less loaded
+//! one (`--spill-above`): then the caller's `call` is relayed there like any other request.
 //!
 //! Invariants: a relay connection maps to exactly one (edge, socket) and back, and goes when
 //! that socket is gone (detached, replaced, or its node lost); an edge knows,
@@ -14,72 +16,22 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{CallModel, ConnId, Output};
 use crate::protocol::{Method, Outbound, RequestId};
 
+mod envelope;
+mod faults;
+mod placement;
+
+pub use envelope::{Envelope, NodeOut, RelayOut};
+pub use placement::Placement;
+
 /// Relay connections are numbered from here, far above any socket's number.
 pub const RELAY_CONN_BASE: u64 = 1 << 48;
 /// The id of requests an edge relays on its own account (their responses are not for a socket).
 const QUIET: &str = "relay-quiet";
-
-/// A message from one node to another (a JSON entry of the receiver's inbox).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Envelope {
-    /// A request of `user` (socket `conn` at `edge`) on a call the receiver hosts.
-    Request {
-        edge: String,
-        conn: u64,
-        user: String,
-        id: Value,
-        method: String,
-        params: Value,
-    },
-    /// A frame for socket `conn` at the receiver.
-    Deliver { conn: u64, frame: String },
-    /// Close socket `conn` at the receiver.
-    Close {
-        conn: u64,
-        code: u16,
-        reason: String,
-    },
-    /// `user` is now at socket `conn` of `edge`: serve them there (takeover and replay).
-    Attach {
-        edge: String,
-        conn: u64,
-        user: String,
-    },
-    /// The socket `conn` at `edge` is gone (its user may come back within the grace period).
-    Detach { edge: String, conn: u64 },
-}
-
-/// What the Relay asks of the shell, besides its model's outputs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RelayOut {
-    /// Put `envelope` in `node`'s inbox.
-    Send { node: String, envelope: Envelope },
-    /// A frame for a local socket, written by a host.
-    Deliver { conn: ConnId, frame: String },
-    /// Close a local socket (`code` 4000: its session was replaced elsewhere).
-    Close { conn: ConnId, code: u16 },
-    /// Where are these users? Answer with [`Relay::located`].
-    Locate { token: u64, users: Vec<String> },
-    /// `user` logged in here on `conn`: publish it, then answer with [`Relay::attach_elsewhere`]
-    /// naming their previous node and the host of their call or invite.
-    Arrived { user: String, conn: ConnId },
-    /// `user` left `conn` here (logout, or their socket closed).
-    Departed { user: String, conn: ConnId },
-}
-
-/// An output of a cluster node: its model's, or the Relay's.
-#[derive(Clone, Debug, PartialEq)]
-pub enum NodeOut {
-    Model(Output),
-    Relay(RelayOut),
-}
 
 /// A request held until the users it names are located.
 struct Held {
@@ -103,6 +55,7 @@ pub struct Relay {
     /// Local sockets -> calls hosted elsewhere their user is in.
     remote_calls: HashMap<ConnId, HashSet<String>>,
     held: HashMap<u64, Held>,
+    placement: Placement,
     /// Logins whose presence is not published yet, with what their sockets were sent: a
     /// login is answered once other nodes can find the user (so a call placed the next
     /// moment rings them).
@@ -136,10 +89,24 @@ impl Relay {
             users: HashMap::new(),
             remote_calls: HashMap::new(),
             held: HashMap::new(),
+            placement: Placement::default(),
             publishing: HashMap::new(),
             next_token: 0,
             out: VecDeque::new(),
         }
+    }
+
+    /// New calls go to the least-loaded node once this one hosts `threshold` calls.
+    pub fn with_placement(mut self, threshold: Option<u64>) -> Self {
+        self.placement = Placement::new(threshold);
+        self
+    }
+
+    /// The other live nodes and the calls each hosts (from the registry, every heartbeat).
+    pub fn node_loads(&mut self, nodes: impl IntoIterator<Item = (String, u64)>) {
+        let me = self.me.clone();
+        self.placement
+            .loads(nodes.into_iter().filter(|(n, _)| *n != me));
     }
 
     /// Relay connections open here (users of other nodes served by this one).
@@ -223,32 +190,26 @@ impl Relay {
             .map(str::to_string);
         match host {
             Some(host) if host != self.me => {
-                let Some(user) = self.users.get(&conn).cloned() else {
+                if !self.users.contains_key(&conn) {
                     // Not logged in: the model says so.
                     return self.model.request(now, conn, id, method, params);
-                };
+                }
                 if let Some(call) = params["call_id"].as_str() {
                     self.remote_calls
                         .entry(conn)
                         .or_default()
                         .insert(call.to_string());
                 }
-                let method = <&str>::from(method).to_string();
-                self.send(
-                    &host,
-                    Envelope::Request {
-                        edge: self.me.clone(),
-                        conn: conn.0,
-                        user,
-                        id,
-                        method,
-                        params,
-                    },
-                );
+                self.forward(&host, conn, id, method, params);
             }
             _ => {
                 if method == Method::Logout {
                     self.leave_remote(conn, Some(Method::Logout));
+                }
+                if method == Method::Call
+                    && let Some(node) = self.place(conn)
+                {
+                    return self.forward(&node, conn, id, method, params);
                 }
                 if matches!(method, Method::Call | Method::Invite) {
                     return self.hold(conn, id, method, params);
@@ -295,55 +256,6 @@ impl Relay {
         self.model.request(now, h.conn, h.id, h.method, h.params);
     }
 
-    /// Users could not be located (the cluster store is unreachable): the held request fails.
-    pub fn locate_failed(&mut self, token: u64) {
-        if let Some(h) = self.held.remove(&token) {
-            self.fail(
-                h.conn,
-                h.id,
-                "the cluster directory is unreachable: try again",
-            );
-        }
-    }
-
-    /// An envelope could not be sent (the cluster store is unreachable). A request of a local
-    /// socket is answered 5000; anything else is dropped (the receiver's liveness decides).
-    pub fn send_failed(&mut self, env: &Envelope) {
-        if let Envelope::Request { edge, conn, id, .. } = env
-            && *edge == self.me
-            && *id != json!(QUIET)
-        {
-            self.fail(
-                ConnId(*conn),
-                id.clone(),
-                "the call's node cannot be reached: try again",
-            );
-        }
-    }
-
-    /// The cluster store came back (perhaps empty, after a restart): publish again where every
-    /// local user is, and claim again every member of the calls hosted here.
-    pub fn resync(&mut self) {
-        if !self.cluster {
-            return;
-        }
-        for (conn, user) in &self.users {
-            self.out.push_back(NodeOut::Relay(RelayOut::Arrived {
-                user: user.clone(),
-                conn: *conn,
-            }));
-        }
-        self.model.reclaim_all();
-    }
-
-    fn fail(&mut self, conn: ConnId, id: RequestId, why: &str) {
-        let frame = json!({"jsonrpc": "2.0", "id": id, "error":
-            {"code": crate::protocol::codes::INTERNAL, "message": why}})
-        .to_string();
-        self.out
-            .push_back(NodeOut::Relay(RelayOut::Deliver { conn, frame }));
-    }
-
     /// An envelope from another node's inbox.
     pub fn envelope(&mut self, now: Instant, env: Envelope) {
         match env {
@@ -360,6 +272,11 @@ impl Relay {
                     self.model.attach(now, relay, &user);
                 }
                 if let Ok(m) = method.parse::<Method>() {
+                    if matches!(m, Method::Call | Method::Invite) {
+                        // Callees and invitees are found wherever they are, as for a local
+                        // caller (a call placed here, an invite from a remote member).
+                        return self.hold(relay, id, m, params);
+                    }
                     self.model.request(now, relay, id, m, params);
                 } else {
                     // A newer edge's method: say so, as to any client.
@@ -396,38 +313,34 @@ impl Relay {
         }
     }
 
-    /// Node `node` is dead: users served here for it are disconnected (their grace starts),
-    /// and local users in calls it hosted are told those calls ended in `error`.
-    pub fn node_dead(&mut self, now: Instant, node: &str) {
-        let gone: Vec<((String, u64), ConnId)> = self
-            .relays
-            .iter()
-            .filter(|((edge, _), _)| edge == node)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        for (key, relay) in gone {
-            self.model.disconnect(now, relay);
-            self.relays.remove(&key);
-            self.back.remove(&relay);
+    // ---- internals ----
+
+    /// Where a new call of local socket `conn` goes, if not here: never for a user already in
+    /// a call (this node's model applies its rules to them).
+    fn place(&mut self, conn: ConnId) -> Option<String> {
+        let user = self.users.get(&conn)?;
+        if self.model.in_call(user) || self.remote_calls.get(&conn).is_some_and(|c| !c.is_empty()) {
+            return None;
         }
-        for (conn, calls) in self.remote_calls.iter_mut() {
-            let ended: Vec<String> = calls
-                .iter()
-                .filter(|c| host_of(c) == Some(node))
-                .cloned()
-                .collect();
-            for call_id in ended {
-                calls.remove(&call_id);
-                let frame = json!({"jsonrpc": "2.0", "method": "call_end",
-                    "params": {"call_id": call_id, "reason": "error"}})
-                .to_string();
-                self.out
-                    .push_back(NodeOut::Relay(RelayOut::Deliver { conn: *conn, frame }));
-            }
-        }
+        self.placement.choose(self.model.calls_active() as u64)
     }
 
-    // ---- internals ----
+    /// Hands a request of local socket `conn` to `node` (the host of its call, or the node a
+    /// new call is placed on).
+    fn forward(&mut self, node: &str, conn: ConnId, id: RequestId, method: Method, params: Value) {
+        let user = self.users.get(&conn).cloned().unwrap_or_default();
+        self.send(
+            node,
+            Envelope::Request {
+                edge: self.me.clone(),
+                conn: conn.0,
+                user,
+                id,
+                method: <&str>::from(method).to_string(),
+                params,
+            },
+        );
+    }
 
     fn hold(&mut self, conn: ConnId, id: RequestId, method: Method, params: Value) {
         self.next_token += 1;
@@ -453,38 +366,6 @@ impl Relay {
             .push_back(NodeOut::Relay(RelayOut::Locate { token, users }));
     }
 
-    /// Tells the hosts of `conn`'s remote calls that it is gone (`None`) or logged out.
-    fn leave_remote(&mut self, conn: ConnId, logout: Option<Method>) {
-        let Some(calls) = self.remote_calls.get(&conn) else {
-            return;
-        };
-        let user = self.users.get(&conn).cloned().unwrap_or_default();
-        let hosts: HashSet<String> = calls
-            .iter()
-            .filter_map(|c| host_of(c).map(str::to_string))
-            .collect();
-        for host in hosts {
-            let env = match logout {
-                Some(m) => Envelope::Request {
-                    edge: self.me.clone(),
-                    conn: conn.0,
-                    user: user.clone(),
-                    id: json!(QUIET),
-                    method: <&str>::from(m).to_string(),
-                    params: json!({}),
-                },
-                None => Envelope::Detach {
-                    edge: self.me.clone(),
-                    conn: conn.0,
-                },
-            };
-            self.send(&host, env);
-        }
-        if logout.is_some() {
-            self.remote_calls.remove(&conn);
-        }
-    }
-
     /// The relay connection here for socket `conn` at `edge`.
     fn relay_conn(&mut self, edge: &str, conn: u64) -> ConnId {
         if let Some(c) = self.relays.get(&(edge.to_string(), conn)) {
@@ -495,30 +376,6 @@ impl Relay {
         self.relays.insert((edge.to_string(), conn), c);
         self.back.insert(c, (edge.to_string(), conn));
         c
-    }
-
-    /// Keeps an edge's list of its users' remote calls up to date from what hosts send.
-    fn track(&mut self, conn: ConnId, frame: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(frame) else {
-            return;
-        };
-        let Some(call) = v["params"]["call_id"].as_str() else {
-            return;
-        };
-        match v["method"].as_str() {
-            Some("call_end" | "cancelled") => {
-                if let Some(c) = self.remote_calls.get_mut(&conn) {
-                    c.remove(call);
-                }
-            }
-            Some(_) => {
-                self.remote_calls
-                    .entry(conn)
-                    .or_default()
-                    .insert(call.to_string());
-            }
-            None => {}
-        }
     }
 
     fn send(&mut self, node: &str, envelope: Envelope) {
