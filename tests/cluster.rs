@@ -24,6 +24,8 @@ async fn nodes(redis: &RedisServer, names: &[&str]) -> Vec<Server> {
                 &redis.url(),
                 "--node-id",
                 n,
+                "--quality-interval",
+                "2s",
                 "--log-level",
                 "info,sfu::server::cluster=debug",
             ])
@@ -355,5 +357,81 @@ async fn a_node_over_its_threshold_places_new_calls_on_another_node() {
     assert_eq!(
         dave.expect_past_reports("user_leave").await["user"],
         "carol"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_over_three_nodes_verifies_who_hears_whom() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b", "c"]).await;
+    let others = format!("{},{}", s[1].ws_url(), s[2].ws_url());
+    // 100 audio callers: every pair's caller and callee on different nodes.
+    let (code, r) = common::loadtest(
+        &s[0],
+        "cl1v1",
+        &[
+            "--url",
+            &others,
+            "--calls",
+            "50",
+            "--duration",
+            "5s",
+            "--ramp",
+            "25",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["callers"], 100);
+    assert_eq!(r["calls"]["connected"], 50, "{}", r["calls"]);
+    assert!(
+        r["mos_up"]["p50"].as_f64().unwrap() > 4.2,
+        "{}",
+        r["mos_up"]
+    );
+    let by_url = r["by_url"].as_object().unwrap();
+    assert_eq!(by_url.len(), 3, "{by_url:?}");
+    for (url, u) in by_url {
+        assert!(u["callers"].as_u64().unwrap() >= 33, "{url}: {u}");
+        assert_eq!(u["failed_verification"], 0, "{url}: {u}");
+    }
+    // A group of 4 over the 3 nodes with audio and video, muting and holding: each member
+    // hears and sees exactly the other three, and is told who speaks and the call's quality.
+    let (code, r) = common::loadtest(
+        &s[0],
+        "clgroup",
+        &[
+            "--url",
+            &others,
+            "--scenario",
+            "group",
+            "--group-size",
+            "4",
+            "--calls",
+            "1",
+            "--media",
+            "video",
+            "--duration",
+            "8s",
+            "--mute-every",
+            "3s",
+            "--hold-every",
+            "4s",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["calls"]["connected"], 1);
+    assert_eq!(r["volume_named_speakers"]["yes"], 4);
+    assert!(r["toggles"].as_u64().unwrap() >= 4, "{}", r["toggles"]);
+    assert!(
+        r["mos_up"]["samples"].as_u64().unwrap() > 0,
+        "quality reported"
+    );
+    assert!(
+        r["mos_down"]["samples"].as_u64().unwrap() > 0,
+        "quality reported"
     );
 }

@@ -50,6 +50,8 @@ pub struct Plan {
     pub user: String,
     pub token: String,
     pub role: Role,
+    /// Which of the URLs this caller logs in to.
+    pub node: usize,
     /// This caller's tone slot in its call, and the slots of the peers it must hear.
     pub slot: usize,
     pub expected: Vec<(String, usize)>,
@@ -61,7 +63,8 @@ pub struct Plan {
 /// Settings shared by every caller of a run.
 #[derive(Clone)]
 pub struct Shared {
-    pub url: String,
+    /// The deployment's signaling URLs (a caller uses `urls[plan.node]`).
+    pub urls: Vec<String>,
     pub video: bool,
     /// Media over ICE-TCP instead of UDP.
     pub tcp: bool,
@@ -82,10 +85,20 @@ pub struct Shared {
     pub reoffer_every: Duration,
 }
 
+impl Shared {
+    /// The `n`th node's URL, round the list.
+    pub fn url(&self, n: usize) -> &str {
+        self.urls
+            .get(n % self.urls.len().max(1))
+            .map_or("", String::as_str)
+    }
+}
+
 /// Runs one caller to the end; never panics, reports errors in the result.
 pub async fn run(shared: Arc<Shared>, plan: Plan) -> CallerResult {
     let mut r = CallerResult {
         user: plan.user.clone(),
+        url: shared.url(plan.node).to_string(),
         ..Default::default()
     };
     if let Err(e) = run_inner(&shared, &plan, &mut r).await {
@@ -104,7 +117,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan) -> CallerResult {
 }
 
 async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow::Result<()> {
-    let mut sig = Signal::connect(&shared.url).await?;
+    let mut sig = Signal::connect(shared.url(plan.node)).await?;
     sig.request("login", json!({ "token": plan.token })).await?;
     match &plan.role {
         Role::Caller { to, group, delay } => {
@@ -202,7 +215,13 @@ struct Incoming {
     received: u64,
     jitter: Jitter,
     tone: Option<ToneDetector>,
+    /// A video stream's sender, by the tone slot its payloads carry.
+    video_from: Option<usize>,
 }
+
+/// Third byte of every video payload: this plus the sender's slot (the SFU never rewrites
+/// payloads), so a receiver knows whose video it sees.
+const VIDEO_MARK: u8 = 0xa0;
 
 /// How a media session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -308,7 +327,15 @@ async fn media(
                             tone: (kind == MediaKind::Audio)
                                 .then(|| ToneDetector::new(call_slots).ok())
                                 .flatten(),
+                            video_from: None,
                         });
+                        if kind == MediaKind::Video
+                            && s.video_from.is_none()
+                            && let Some(b) = p.payload.get(2)
+                            && (VIDEO_MARK..VIDEO_MARK + 16).contains(b)
+                        {
+                            s.video_from = Some(usize::from(b - VIDEO_MARK));
+                        }
                         s.received += 1;
                         if *p.seq_no > s.highest {
                             s.highest = *p.seq_no;
@@ -485,7 +512,9 @@ async fn media(
         if reconnecting || std::mem::take(&mut asked) || (rtc.is_connected() && reoffer.due(now)) {
             if reconnecting {
                 // The old socket is dropped unclosed, as a lost network leaves it.
-                *sig = Signal::connect(&shared.url).await?;
+                // Back on the next node, as after a network change behind a load balancer.
+                let node = plan.node + r.reconnects as usize + 1;
+                *sig = Signal::connect(shared.url(node)).await?;
                 sig.request("login", json!({ "token": plan.token })).await?;
                 r.reconnects += 1;
             } else {
@@ -555,6 +584,7 @@ async fn media(
             }
             // VP8 payload descriptor (S=1, partition 0) + a frame tag whose P bit says keyframe.
             let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
+            payload.push(VIDEO_MARK + plan.slot as u8);
             payload.resize(if key { 1100 } else { 600 }, 0x5a);
             let pt = vp8_pt(&rtc);
             let ts = rtp_ts(shared.epoch, now_std, 90);
@@ -607,6 +637,25 @@ async fn media(
             "received {audio_now} audio streams, expected {}",
             plan.expected.len()
         ));
+    }
+    if shared.video {
+        // Exactly the expected peers' video, never our own.
+        let seen: BTreeSet<usize> = all.iter().filter_map(|s| s.video_from).collect();
+        if seen.contains(&plan.slot) {
+            r.verification_failures.push("saw its own video".into());
+        }
+        for (peer, slot) in &plan.expected {
+            if !seen.contains(slot) {
+                r.verification_failures
+                    .push(format!("did not see {peer}'s video"));
+            }
+        }
+        for s in seen.difference(&expected_slots) {
+            if *s != plan.slot {
+                r.verification_failures
+                    .push(format!("saw an unexpected video (slot {s})"));
+            }
+        }
     }
     if !plan.expected.is_empty() {
         let all = plan

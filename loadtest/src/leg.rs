@@ -196,7 +196,7 @@ pub async fn open_leg(
     let udp = match shared.tcp {
         true => None,
         false => {
-            let (socket, local) = udp_socket(&shared.url).await?;
+            let (socket, local) = udp_socket(&sig.url).await?;
             rtc.add_local_candidate(
                 Candidate::host(local, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
             );

@@ -84,9 +84,19 @@ fn share(s: &str) -> Result<f64, String> {
     about = "Emulated SDK callers against an sfu deployment: real signaling, ICE, DTLS, SRTP and Opus, with verification"
 )]
 pub struct Args {
-    /// Signaling URL of the deployment.
-    #[arg(long, default_value = "ws://127.0.0.1:7600/ws")]
-    pub url: String,
+    /// Signaling URL of the deployment; several (repeated, or comma-separated) for a cluster:
+    /// callers are spread over them, and each call's members are on different ones unless
+    /// `--same-node`.
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:7600/ws",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    pub urls: Vec<String>,
+    /// With several URLs: all members of a call on the same one (calls still spread).
+    #[arg(long)]
+    pub same_node: bool,
     /// Secret to mint callers' tokens with (the server's). Defaults to the dev secret.
     #[arg(long, env = "SFU_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -183,7 +193,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let planned = plan::plan(&args)?;
     let epoch = Instant::now();
     let shared = Arc::new(caller::Shared {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
         video: args.media == MediaArg::Video,
         tcp: args.transport == TransportArg::Tcp,
         talk_for: args.duration,

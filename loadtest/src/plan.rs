@@ -35,6 +35,17 @@ fn kill_for(i: usize, share: f64) -> Option<f64> {
     picked.then(|| 0.5 + 0.3 * ((i * 7) % 10) as f64 / 10.0)
 }
 
+/// Which URL member `member` of call `call` uses: spread over the URLs, each call's members on
+/// different ones (as far as there are URLs) unless `--same-node`.
+fn node_for(args: &Args, call: usize, member: usize) -> usize {
+    let n = args.urls.len().max(1);
+    if args.same_node {
+        call % n
+    } else {
+        (call + member) % n
+    }
+}
+
 struct Users {
     auth: Option<Auth>,
     listed: Vec<(String, String)>,
@@ -63,6 +74,13 @@ impl Users {
 pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
     if args.calls == 0 {
         anyhow::bail!("--calls must be at least 1");
+    }
+    if let Some(bad) = args
+        .urls
+        .iter()
+        .find(|u| !(u.starts_with("ws://") || u.starts_with("wss://")))
+    {
+        anyhow::bail!("--url {bad}: expected ws://HOST:PORT/ws or wss://...");
     }
     if !(2..=MAX_SLOTS).contains(&args.group_size) {
         anyhow::bail!("--group-size must be between 2 and {MAX_SLOTS}");
@@ -132,6 +150,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                 plans.push(Plan {
                     user: a.clone(),
                     token: ta,
+                    node: node_for(args, i, 0),
                     role: Role::Caller {
                         to: vec![b.clone()],
                         group: false,
@@ -149,6 +168,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                 plans.push(Plan {
                     user: b,
                     token: tb,
+                    node: node_for(args, i, 1),
                     role: Role::Callee { answer },
                     slot: 1,
                     expected: phantom(if connects { vec![(a, 0)] } else { vec![] }),
@@ -166,6 +186,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                 plans.push(Plan {
                     user: c,
                     token: tc,
+                    node: node_for(args, normal + j, 0),
                     role: Role::Caller {
                         to: vec![targets[j % targets.len()].clone()],
                         group: false,
@@ -222,6 +243,7 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     plans.push(Plan {
                         user,
                         token,
+                        node: node_for(args, room, m),
                         role,
                         slot: m,
                         expected: phantom(expect),
@@ -293,6 +315,49 @@ mod tests {
             .map(|x| x.user.as_str())
             .collect();
         assert_eq!(killed, vec!["lt-g0-2", "lt-g1-2"]);
+    }
+
+    #[test]
+    fn callers_spread_over_urls_with_each_calls_members_apart() {
+        let urls = "ws://a/ws,ws://b/ws,ws://c/ws";
+        let p = plan(&Args::parse_from([
+            "loadtest", "--url", urls, "--calls", "3",
+        ]))
+        .unwrap();
+        let nodes: Vec<usize> = p.iter().map(|x| x.node).collect();
+        assert_eq!(
+            nodes,
+            vec![0, 1, 1, 2, 2, 0],
+            "caller and callee on different nodes"
+        );
+        let p = plan(&Args::parse_from([
+            "loadtest",
+            "--url",
+            "ws://a/ws",
+            "--url",
+            "ws://b/ws",
+            "--calls",
+            "2",
+            "--same-node",
+        ]))
+        .unwrap();
+        let nodes: Vec<usize> = p.iter().map(|x| x.node).collect();
+        assert_eq!(nodes, vec![0, 0, 1, 1]);
+        let p = plan(&Args::parse_from([
+            "loadtest",
+            "--url",
+            urls,
+            "--scenario",
+            "group",
+            "--calls",
+            "1",
+            "--group-size",
+            "4",
+        ]))
+        .unwrap();
+        let nodes: Vec<usize> = p.iter().map(|x| x.node).collect();
+        assert_eq!(nodes, vec![0, 1, 2, 0]);
+        assert!(plan(&Args::parse_from(["loadtest", "--url", "http://a"])).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ use serde::Serialize;
 #[derive(Clone, Debug, Default)]
 pub struct CallerResult {
     pub user: String,
+    /// The signaling URL it logged in to first.
+    pub url: String,
     /// `connected`, `rejected`, `no_answer`, `busy`, `failed` (callers); `answered`,
     /// `rejected_by_me`, `ignored` (callees); `killed` (either, by `--kill`).
     pub outcome: String,
@@ -93,6 +95,12 @@ impl MosSummary {
     }
 }
 
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct UrlSummary {
+    pub callers: usize,
+    pub failed_verification: usize,
+}
+
 /// The run's report (`--report FILE.json`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
@@ -117,6 +125,9 @@ pub struct Report {
     pub reconnects: u64,
     pub reoffers: u64,
     pub verification_failures: Vec<String>,
+    /// Per signaling URL (each node of a cluster): its callers, and those whose verification
+    /// failed.
+    pub by_url: BTreeMap<String, UrlSummary>,
     pub errors: BTreeMap<String, usize>,
     pub thresholds_breached: Vec<String>,
     pub passed: bool,
@@ -155,6 +166,9 @@ impl Report {
             for f in &c.verification_failures {
                 r.verification_failures.push(format!("{}: {f}", c.user));
             }
+            let u = r.by_url.entry(c.url.clone()).or_default();
+            u.callers += 1;
+            u.failed_verification += usize::from(!c.verification_failures.is_empty());
             for e in &c.errors {
                 *r.errors.entry(e.clone()).or_default() += 1;
             }
@@ -225,6 +239,14 @@ impl Report {
             self.scenario, self.media, self.callers, self.duration_s
         ));
         s.push_str(&format!("  outcomes           {:?}\n", self.calls));
+        if self.by_url.len() > 1 {
+            for (url, u) in &self.by_url {
+                s.push_str(&format!(
+                    "  node {url}  {} callers, {} failed verification\n",
+                    u.callers, u.failed_verification
+                ));
+            }
+        }
         if self.toggles + self.reconnects + self.reoffers > 0 {
             s.push_str(&format!(
                 "  churn              {} mute/hold toggles, {} reconnects, {} re-offers\n",

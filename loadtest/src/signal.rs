@@ -18,6 +18,8 @@ const WS_READ_BUFFER: usize = 4096;
 
 pub struct Signal {
     ws: Ws,
+    /// The node this socket is connected to (its media host is found from it).
+    pub url: String,
     next_id: u64,
     pub queue: VecDeque<Value>,
 }
@@ -38,6 +40,7 @@ impl Signal {
         .map_err(|_| anyhow::anyhow!("connect timeout"))??;
         Ok(Self {
             ws,
+            url: url.to_string(),
             next_id: 0,
             queue: VecDeque::new(),
         })
