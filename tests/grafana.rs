@@ -1,4 +1,5 @@
-//! The Grafana dashboards are proven against a live deployment: a real `sfu`, a short
+//! The Grafana dashboards are proven against a live deployment: two real `sfu` nodes in a
+//! cluster on a real `redis-server`, a short
 //! `loadtest`, a real Prometheus (Debian's `prometheus`, installed by scripts/setup.sh)
 //! scraping it, and every panel's query evaluated through Prometheus' HTTP API: each must parse
 //! and return data. Lint: valid JSON, unique panel ids, every metric named by a query exists in
@@ -157,7 +158,15 @@ async fn every_panel_query_returns_data_from_a_live_deployment() {
     let prometheus = which("prometheus").expect(
         "prometheus is not installed: run ./scripts/setup.sh (Debian package `prometheus`)",
     );
-    let s = Server::start(&["--quality-interval", "1s"]).await;
+    // A cluster of two nodes, so the cluster row has data too.
+    let redis = common::redis::RedisServer::start().await;
+    let node = |id: &'static str| {
+        let url = redis.url();
+        async move {
+            Server::start(&["--quality-interval", "1s", "--redis", &url, "--node-id", id]).await
+        }
+    };
+    let (s, s2) = (node("a").await, node("b").await);
 
     let dir = std::env::temp_dir().join(format!("sfu-prom-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -166,8 +175,8 @@ async fn every_panel_query_returns_data_from_a_live_deployment() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sfu\n    static_configs:\n      - targets: [\"{}\"]\n",
-            s.metrics
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sfu\n    static_configs:\n      - targets: [\"{}\", \"{}\"]\n",
+            s.metrics, s2.metrics
         ),
     )
     .unwrap();
@@ -191,7 +200,7 @@ async fn every_panel_query_returns_data_from_a_live_deployment() {
     let report = dir.join("report.json");
     let status = tokio::process::Command::new(common::loadtest_bin())
         .arg("--url")
-        .arg(s.ws_url())
+        .arg(format!("{},{}", s.ws_url(), s2.ws_url()))
         .args([
             "--calls",
             "2",
@@ -230,7 +239,7 @@ async fn every_panel_query_returns_data_from_a_live_deployment() {
     assert!(up, "prometheus scrapes the sfu");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let live = s.metrics_text().await;
+    let live = s.metrics_text().await + &s2.metrics_text().await;
     let mut failures = Vec::new();
     for (name, title, expr) in queries() {
         for m in metric_names(&expr) {
@@ -259,4 +268,40 @@ fn which(bin: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| PathBuf::from(d).join(bin))
         .find(|p| p.is_file())
+}
+
+#[test]
+fn compose_files_use_only_settings_sfu_knows_and_scrape_their_nodes() {
+    let help = std::process::Command::new(common::sfu_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for file in ["docker-compose.yml", "docker-compose.cluster.yml"] {
+        let text = std::fs::read_to_string(root().join("grafana").join(file)).unwrap();
+        let mut named = 0;
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            let Some(key) = line.trim().split(':').next() else {
+                continue;
+            };
+            if key.starts_with("SFU_") && key != "SFU_TURN_HOST" {
+                named += 1;
+                assert!(
+                    help.contains(&format!("env: {key}")),
+                    "{file}: {key} is not a setting of `sfu serve`"
+                );
+            }
+        }
+        assert!(named >= 5, "{file}: {named} settings read");
+    }
+    // Prometheus scrapes every node of the cluster file.
+    let compose =
+        std::fs::read_to_string(root().join("grafana/docker-compose.cluster.yml")).unwrap();
+    let prom = std::fs::read_to_string(root().join("grafana/prometheus-cluster.yml")).unwrap();
+    for node in ["sfu-a", "sfu-b"] {
+        assert!(compose.contains(&format!("  {node}:\n")), "service {node}");
+        assert!(compose.contains(&format!("SFU_NODE_ID: {node}")));
+        assert!(prom.contains(&format!("\"{node}:9600\"")), "{node} scraped");
+    }
+    assert!(compose.contains("SFU_REDIS: redis://redis:6379/") && compose.contains("  redis:\n"));
 }
