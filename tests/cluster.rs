@@ -435,3 +435,120 @@ async fn loadtest_over_three_nodes_verifies_who_hears_whom() {
         "quality reported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_invites_no_answer_cancel_mute_and_reconnect_across_nodes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut s = Vec::new();
+    for id in ["a", "b", "c"] {
+        let args = [
+            "--redis",
+            &url,
+            "--node-id",
+            id,
+            "--invite-timeout",
+            "2s",
+            "--reconnect-grace",
+            "4s",
+        ];
+        s.push(Server::start(&args).await);
+    }
+    // Cancel: bob on b hears `cancelled` when alice (on a) hangs up before he answers.
+    let mut alice = s[0].login("alice").await;
+    let mut bob = s[1].login("bob").await;
+    let mut carol = s[2].login("carol").await;
+    let r = alice
+        .request("call", json!({"to": ["bob"], "media": "audio"}))
+        .await
+        .unwrap();
+    let c0 = r["call_id"].as_str().unwrap().to_string();
+    bob.expect("invited").await;
+    alice
+        .request("hangup", json!({"call_id": c0}))
+        .await
+        .unwrap();
+    assert_eq!(bob.expect("cancelled").await["call_id"], c0.as_str());
+
+    // A group call hosted on a with members on b and c.
+    let r = alice
+        .request("call", json!({"to": ["bob", "carol"], "media": "audio"}))
+        .await
+        .unwrap();
+    let call = r["call_id"].as_str().unwrap().to_string();
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(c.expect("invited").await["group"], true);
+        c.request("accept", json!({"call_id": call})).await.unwrap();
+    }
+    assert_eq!(alice.expect("accepted").await["user"], "bob");
+    assert_eq!(alice.expect("user_enter").await["user"], "bob");
+    assert_eq!(alice.expect("accepted").await["user"], "carol");
+    assert_eq!(alice.expect("user_enter").await["user"], "carol");
+    bob.expect("user_enter").await; // alice
+    assert_eq!(bob.expect("accepted").await["user"], "carol");
+    assert_eq!(bob.expect("user_enter").await["user"], "carol");
+    carol.expect("user_enter").await;
+    carol.expect("user_enter").await;
+
+    // bob (a member on b) invites dave on c, who never answers: no_response to everyone joined.
+    let mut dave = s[2].login("dave").await;
+    bob.request("invite", json!({"call_id": call, "to": ["dave"]}))
+        .await
+        .unwrap();
+    let inv = dave.expect("invited").await;
+    assert_eq!((&inv["from"], &inv["group"]), (&json!("bob"), &json!(true)));
+    assert_eq!(
+        dave.expect("invite_timeout").await["call_id"],
+        call.as_str()
+    );
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(c.expect("no_response").await["user"], "dave");
+    }
+
+    // carol (on c) mutes: the others, on a and b, are told at once.
+    carol
+        .request("mute", json!({"call_id": call, "audio": true}))
+        .await
+        .unwrap();
+    for c in [&mut alice, &mut bob] {
+        let n = c.expect("audio_available").await;
+        assert_eq!(
+            (&n["user"], &n["available"]),
+            (&json!("carol"), &json!(false))
+        );
+    }
+
+    // bob's network drops; he comes back on node c within the grace: nobody sees him leave,
+    // he is told who is in the call, and he is still muted-aware members' peer.
+    bob.drop_hard();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bob = s[2].login("bob").await;
+    let mut back: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        back.push(
+            bob.expect("user_enter").await["user"]
+                .as_str()
+                .unwrap()
+                .into(),
+        );
+    }
+    back.sort();
+    assert_eq!(back, ["alice", "carol"]);
+    alice.expect_silence(Duration::from_secs(5)).await;
+    bob.request("message", json!({"call_id": call, "text": "back on c"}))
+        .await
+        .unwrap();
+    assert_eq!(alice.expect("message").await["user"], "bob");
+    assert_eq!(carol.expect("message").await["text"], "back on c");
+
+    // carol's connection dies for good: after the grace, the others see her leave.
+    carol.drop_hard();
+    let leave = tokio::time::timeout(Duration::from_secs(10), alice.expect("user_leave"))
+        .await
+        .expect("user_leave after the grace");
+    assert_eq!(
+        (&leave["user"], &leave["reason"]),
+        (&json!("carol"), &json!("disconnected"))
+    );
+    assert_eq!(bob.expect("user_leave").await["user"], "carol");
+}
