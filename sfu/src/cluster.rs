@@ -1,5 +1,6 @@
-//! The cluster's shared state, in Redis (issue 13, first part: the store; the call model does
-//! not use it yet). What lives there, each entry owned by one node and dead with it:
+//! The cluster's shared state, in Redis, behind [`Store`] (the shell's cluster tasks,
+//! `server/cluster.rs`, are its only users). What lives there, each entry owned by one node
+//! and dead with it:
 //!
 //! - the node registry: `sfu:node:{id}` (a hash: signaling and media addresses, load),
 //!   expiring [`NODE_TTL`] after the node's last heartbeat, and the set `sfu:nodes`; and
@@ -14,8 +15,8 @@
 //!   connection for a moment resumes after the last entry it saw instead of losing what was
 //!   published meanwhile, and the cap bounds what a dead reader leaves behind.
 //!
-//! Invariant: every call here has a deadline (the connection's response timeout); Redis being
-//! away costs an error, never a hang, and the connection comes back by itself.
+//! Invariant: every operation of [`Store`] has a 3-s deadline; Redis being away costs an
+//! error, never a hang, and the connection comes back by itself.
 
 use std::time::Duration;
 
