@@ -35,6 +35,7 @@ start_node() {
   local line
   line=$(grep '"sfu listening"' "$work/$name.log" | head -1)
   url="ws://$(sed -E 's/.*"http":"([^"]+)".*/\1/' <<<"$line")/ws"
+  metrics="$(sed -E 's/.*"metrics":"([^"]+)".*/\1/' <<<"$line")"
 }
 
 run() {
@@ -66,12 +67,20 @@ redis_pid=${pids[-1]}
 sleep 0.5
 urls=()
 nodes=()
+scrapes=()
 for n in a b c; do
   start_node "$n" --redis "redis://127.0.0.1:$port/" --node-id "$n"
   urls+=("$url")
   nodes+=("${pids[-1]}")
+  scrapes+=("$metrics")
 done
 r0=$(cpu_s "$redis_pid")
 run "3 nodes + Redis, members on different nodes" "$(IFS=,; echo "${urls[*]}")" "${nodes[@]}"
 echo
 echo "Redis CPU during the cluster run: $(add "$(cpu_s "$redis_pid")" "-$r0") s"
+sent=0
+for m in "${scrapes[@]}"; do
+  n=$(curl -s "http://$m/metrics" | awk '/^sfu_cluster_envelopes_total\{direction="sent"\}/ { print $2 }')
+  sent=$(add "$sent" "${n:-0}")
+done
+echo "Cross-node messages sent: $sent"
