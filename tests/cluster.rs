@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::media::{Media, listener, talk};
 use common::redis::RedisServer;
 use common::{Closed, Server, connected_call};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 async fn nodes(redis: &RedisServer, names: &[&str]) -> Vec<Server> {
@@ -306,6 +306,8 @@ async fn a_redis_restart_keeps_running_calls_and_the_cluster_recovers() {
         (&n["user"], &n["available"]),
         (&json!("alice"), &json!(false))
     );
+    // The live-call directory was written again (Redis lost it with the rest).
+    common::live_calls_until(&s[1], |c| c.iter().any(|c| c["call_id"] == call.as_str())).await;
     // Busy claims were made again: carol (on b) calling alice (busy on a) hears `busy`.
     carol
         .request("call", json!({"to": ["alice"], "media": "audio"}))
@@ -551,4 +553,36 @@ async fn group_invites_no_answer_cancel_mute_and_reconnect_across_nodes() {
         (&json!("carol"), &json!("disconnected"))
     );
     assert_eq!(bob.expect("user_leave").await["user"], "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_call_directory_spans_the_cluster() {
+    let redis = RedisServer::start().await;
+    let s = nodes(&redis, &["a", "b", "c"]).await;
+    let mut alice = s[0].login("alice").await;
+    let mut bob = s[1].login("bob").await;
+    let call = connected_call(&mut alice, &mut bob, "audio").await;
+    let mut carol = s[2].login("carol").await;
+    let r = carol
+        .request("call", json!({"to": ["zed"], "media": "video"}))
+        .await
+        .unwrap();
+    let waiting = r["call_id"].as_str().unwrap().to_string();
+    // Any node lists every node's calls, with their hosts and members' states.
+    let calls = common::live_calls_until(&s[1], |c| c.len() == 2).await;
+    let find = |id: &str| calls.iter().find(|c| c["call_id"] == id).unwrap().clone();
+    let (c1, c2) = (find(&call), find(&waiting));
+    assert!(c1["host"].as_str().unwrap().starts_with("a."), "{c1}");
+    assert_eq!(common::member_state(&c1, "bob").as_deref(), Some("joined"));
+    assert!(c2["host"].as_str().unwrap().starts_with("c."), "{c2}");
+    assert_eq!(common::member_state(&c2, "zed").as_deref(), Some("invited"));
+    // Node c killed: its calls leave the directory with it.
+    s[2].signal("KILL");
+    let calls = common::live_calls_until(&s[0], |c| c.len() == 1).await;
+    assert_eq!(calls[0]["call_id"], call.as_str());
+    alice
+        .request("hangup", json!({"call_id": call}))
+        .await
+        .unwrap();
+    common::live_calls_until(&s[1], <[Value]>::is_empty).await;
 }

@@ -1,7 +1,7 @@
 //! The cluster store (`sfu::cluster::Store`) against a real `redis-server`: the node registry
 //! and its expiry, presence tied to a live node, busy claims that two nodes racing for the
-//! same users cannot both win, per-node inboxes in order, and Redis going away and coming back
-//! without a new client.
+//! same users cannot both win, per-node inboxes in order, the live-call directory, and Redis
+//! going away and coming back without a new client.
 
 mod common;
 
@@ -254,4 +254,65 @@ async fn redis_away_costs_errors_not_hangs_and_the_store_comes_back() {
         }
     }
     assert_eq!(got, ["after"], "the inbox reads again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_call_directory_writes_changes_and_survives_a_redis_restart() {
+    use sfu::cluster::CallDirectoryWriter;
+    use sfu::directory::{LiveCall, LiveMember};
+    let mut redis = RedisServer::start().await;
+    let store = Store::connect(&redis.url(), Duration::from_secs(6))
+        .await
+        .unwrap();
+    store.heartbeat(&node("a")).await.unwrap();
+    let call = |id: &str, bob: &str| LiveCall {
+        call_id: id.into(),
+        host: "a".into(),
+        group: false,
+        media: sfu::protocol::Media::Audio,
+        started_at: 1,
+        members: vec![LiveMember {
+            user: "bob".into(),
+            state: bob.into(),
+        }],
+    };
+    let listed = |v: Vec<String>| {
+        let mut v: Vec<LiveCall> = v.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        v.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        v
+    };
+    let mut w = CallDirectoryWriter::default();
+    w.write(&store, "a", &[call("c1", "ringing"), call("c2", "joined")])
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(store.live_calls().await.unwrap()),
+        [call("c1", "ringing"), call("c2", "joined")]
+    );
+    // c1's bob answers, c2 ends.
+    w.write(&store, "a", &[call("c1", "joined")]).await.unwrap();
+    assert_eq!(
+        listed(store.live_calls().await.unwrap()),
+        [call("c1", "joined")]
+    );
+    // Redis restarts empty: the next (unchanged) snapshot writes it all again.
+    redis.restart().await;
+    let mut back = false;
+    for _ in 0..40 {
+        // (The first command after the restart may meet the old socket and fail.)
+        if store.heartbeat(&node("a")).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the store reconnects");
+    w.write(&store, "a", &[call("c1", "joined")]).await.unwrap();
+    assert_eq!(
+        listed(store.live_calls().await.unwrap()),
+        [call("c1", "joined")]
+    );
+    // A node that is not in the registry lists nothing.
+    store.leave("a").await.unwrap();
+    assert!(store.live_calls().await.unwrap().is_empty());
 }

@@ -726,3 +726,40 @@ async fn the_admin_api_can_have_a_listener_of_its_own() {
     assert_eq!(r.status(), 200);
     assert!(r.json::<Value>().await.unwrap()["calls"].is_array());
 }
+
+#[tokio::test]
+async fn the_admin_api_lists_live_calls_with_their_members_states() {
+    let s = Server::start(&[]).await;
+    let mut alice = s.login("alice").await;
+    let mut bob = s.login("bob").await;
+    let r = alice
+        .request("call", json!({"to": ["bob", "zed"], "media": "video"}))
+        .await
+        .unwrap();
+    let id = r["call_id"].as_str().unwrap().to_string();
+    bob.expect("invited").await;
+    let calls = common::live_calls_until(&s, |c| c.len() == 1).await;
+    let c = &calls[0];
+    assert_eq!(
+        (&c["call_id"], &c["media"], &c["group"]),
+        (&json!(id), &json!("video"), &json!(true))
+    );
+    assert_eq!(common::member_state(c, "alice").as_deref(), Some("joined"));
+    assert_eq!(common::member_state(c, "bob").as_deref(), Some("ringing"));
+    assert_eq!(
+        common::member_state(c, "zed").as_deref(),
+        Some("invited"),
+        "offline"
+    );
+    bob.request("accept", json!({"call_id": id})).await.unwrap();
+    common::live_calls_until(&s, |c| {
+        c.len() == 1 && common::member_state(&c[0], "bob").as_deref() == Some("joined")
+    })
+    .await;
+    alice
+        .request("hangup", json!({"call_id": id}))
+        .await
+        .unwrap();
+    bob.request("hangup", json!({"call_id": id})).await.unwrap();
+    common::live_calls_until(&s, <[Value]>::is_empty).await;
+}

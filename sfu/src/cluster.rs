@@ -10,6 +10,8 @@
 //! - busy claims: `sfu:busy:{user}` = `call|host`, taken for every member of a call at once by a
 //!   Lua script (all or none: two nodes racing for the same callee cannot both win), and free
 //!   again when released or when the host node is dead;
+//! - the live-call directory: `sfu:calls:{node}`, a hash of each node's calls (host, media,
+//!   members and their states), written by [`CallDirectoryWriter`];
 //! - per-node inboxes for cross-node messages: a Redis Stream `sfu:inbox:{node}` each,
 //!   capped at [`INBOX_MAX`] entries. Streams rather than pub/sub: a reader that lost its
 //!   connection for a moment resumes after the last entry it saw instead of losing what was
@@ -20,8 +22,10 @@
 
 use std::time::Duration;
 
+mod directory;
 mod store;
 
+pub use directory::CallDirectoryWriter;
 pub use store::{Claim, Inbox, NodeInfo, Presence, Store, StoreError};
 
 /// A node missing heartbeats this long is dead (with [`HEARTBEAT`], others know within 8 s).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
 use crate::protocol::{Media, Outbound};
@@ -42,6 +43,27 @@ pub struct CallEntry {
     /// Index of the media Worker hosting the call.
     pub worker: usize,
     pub started: Instant,
+}
+
+/// A live call as `GET /api/calls/live` lists it: where it is hosted and each member's state.
+/// In a cluster every node publishes its calls to Redis (`sfu:calls:{node}`) every heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveCall {
+    pub call_id: String,
+    /// The hosting node's instance id (empty on a standalone node).
+    pub host: String,
+    pub group: bool,
+    pub media: Media,
+    /// Unix time in ms.
+    pub started_at: u64,
+    pub members: Vec<LiveMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveMember {
+    pub user: String,
+    /// `invited` (offline, waiting to log in), `ringing` or `joined`.
+    pub state: String,
 }
 
 /// Where calls live. One node today; a shared store later.

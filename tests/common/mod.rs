@@ -549,3 +549,37 @@ pub fn admin_token() -> String {
         .mint("ops", None, true, Duration::from_secs(60), unix_now())
         .unwrap()
 }
+
+/// `GET /api/calls/live` on `s` (admin token), polled until `done` holds for its `calls`
+/// (the directory is a snapshot taken every 2 s); returns them.
+pub async fn live_calls_until(s: &Server, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let token = admin_token();
+    let mut last = Vec::new();
+    for _ in 0..75 {
+        let v: Value = http
+            .get(format!("http://{}/api/calls/live", s.http))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        last = v["calls"].as_array().cloned().unwrap_or_default();
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("live calls never as expected: {last:?}");
+}
+
+/// `user`'s state in a live-call entry.
+pub fn member_state(call: &Value, user: &str) -> Option<String> {
+    call["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["user"] == user)
+        .and_then(|m| m["state"].as_str().map(String::from))
+}

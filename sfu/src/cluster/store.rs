@@ -179,11 +179,56 @@ impl Store {
             redis::pipe()
                 .del(node_key(id))
                 .ignore()
+                .del(calls_key(id))
+                .ignore()
                 .srem("sfu:nodes", id)
                 .ignore()
                 .query_async::<()>(&mut con)
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Writes the entries of `node`'s live-call directory that changed (`upserts`: call id,
+    /// JSON) and drops `gone`; the directory expires one node TTL after its last write, as the
+    /// node's registry entry does. Returns whether it existed before (not after Redis lost its
+    /// state).
+    pub async fn publish_calls(
+        &self,
+        node: &str,
+        upserts: &[(String, String)],
+        gone: &[String],
+    ) -> Result<bool, StoreError> {
+        deadline(async move {
+            let key = calls_key(node);
+            let mut con = self.con.clone();
+            let mut p = redis::pipe();
+            p.atomic().exists(&key);
+            if !upserts.is_empty() {
+                p.hset_multiple(&key, upserts).ignore();
+            }
+            if !gone.is_empty() {
+                p.hdel(&key, gone).ignore();
+            }
+            p.pexpire(&key, self.node_ttl.as_millis() as i64).ignore();
+            let (existed,): (bool,) = p.query_async(&mut con).await?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    /// The live-call directory entries (JSON) of every live node.
+    pub async fn live_calls(&self) -> Result<Vec<String>, StoreError> {
+        let nodes = self.nodes().await?;
+        deadline(async move {
+            let mut con = self.con.clone();
+            let mut out = Vec::new();
+            for n in nodes {
+                let entries: Vec<String> = con.hvals(calls_key(&n.id)).await?;
+                out.extend(entries);
+            }
+            Ok(out)
         })
         .await
     }
@@ -399,6 +444,10 @@ impl Inbox {
 
 fn node_key(id: &str) -> String {
     format!("sfu:node:{id}")
+}
+
+fn calls_key(node: &str) -> String {
+    format!("sfu:calls:{node}")
 }
 
 fn user_key(user: &str) -> String {

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Input;
-use crate::cluster::{Claim, HEARTBEAT, NodeInfo, Presence, Store};
+use crate::cluster::{CallDirectoryWriter, Claim, HEARTBEAT, NodeInfo, Presence, Store};
+use crate::directory::LiveCall;
 use crate::metrics::Metrics;
 use crate::signaling::ConnId;
 use crate::signaling::relay::Envelope;
@@ -24,12 +25,32 @@ pub(crate) const QUEUE: usize = 16_384;
 /// What the driver asks of the cluster.
 #[derive(Debug)]
 pub(crate) enum ClusterCmd {
-    Send { node: String, envelope: Envelope },
-    Locate { token: u64, users: Vec<String> },
-    Arrived { user: String, conn: ConnId },
-    Departed { user: String, conn: ConnId },
-    Claim { call_id: String, user: String },
-    Release { call_id: String, user: String },
+    Send {
+        node: String,
+        envelope: Envelope,
+    },
+    Locate {
+        token: u64,
+        users: Vec<String>,
+    },
+    Arrived {
+        user: String,
+        conn: ConnId,
+    },
+    Departed {
+        user: String,
+        conn: ConnId,
+    },
+    Claim {
+        call_id: String,
+        user: String,
+    },
+    Release {
+        call_id: String,
+        user: String,
+    },
+    /// This node's live calls now (the directory entries that changed are written).
+    Calls(Arc<Vec<LiveCall>>),
 }
 
 /// What the cluster tells the driver.
@@ -110,6 +131,7 @@ async fn asks(
     metrics: Arc<Metrics>,
 ) {
     let error = || metrics.cluster_redis_errors.inc();
+    let mut directory = CallDirectoryWriter::default();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             ClusterCmd::Send { node, envelope } => {
@@ -204,6 +226,11 @@ async fn asks(
             }
             ClusterCmd::Release { call_id, user } => {
                 if store.release(&call_id, &me, &user).await.is_err() {
+                    error();
+                }
+            }
+            ClusterCmd::Calls(calls) => {
+                if directory.write(&store, &me, &calls).await.is_err() {
                     error();
                 }
             }

@@ -78,7 +78,10 @@ pub(crate) async fn run(
         Some(c) => Relay::new(&c.me, CallModel::new(cfg)).with_placement(c.spill_above),
         None => Relay::single(CallModel::new(cfg)),
     };
+    let host = cluster.as_ref().map_or_else(String::new, |c| c.me.clone());
     let cluster_tx = cluster.map(|c| c.tx);
+    let mut snapshot = tokio::time::interval(crate::cluster::HEARTBEAT);
+    snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shared.shutdown.clone();
     let load = vec![0; handles.len()];
     let mut workers = Workers { handles, load };
@@ -109,6 +112,7 @@ pub(crate) async fn run(
             _ = sleep_until(wake) => {
                 node.model_mut().handle_timeout(Instant::now().into_std());
             }
+            _ = snapshot.tick() => publish_live_calls(&shared, &node, &host, &cluster_tx),
             _ = super::stopped(&mut shutdown) => break,
         }
         while let Some(out) = node.poll_output() {
@@ -132,6 +136,25 @@ pub(crate) async fn run(
             pushes_limited = limited;
         }
     }
+}
+
+/// The live-call directory: this node's calls for the admin API, and in a cluster for Redis.
+fn publish_live_calls(
+    shared: &Shared,
+    node: &Relay,
+    host: &str,
+    tx: &Option<mpsc::Sender<ClusterCmd>>,
+) {
+    let calls = Arc::new(
+        node.model()
+            .live_calls(host, Instant::now().into_std(), unix_ms()),
+    );
+    *shared
+        .live_calls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = calls.clone();
+    // A refused snapshot is replaced by the next one.
+    let _ = ask(shared, tx, ClusterCmd::Calls(calls));
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
@@ -294,7 +317,7 @@ fn answer_refused(node: &mut Relay, cmd: ClusterCmd) {
         ClusterCmd::Locate { token, .. } => node.locate_failed(token),
         ClusterCmd::Arrived { user, conn } => node.attach_elsewhere(conn, &user, &[]),
         ClusterCmd::Claim { call_id, user } => node.model_mut().claimed(now, &call_id, &user, true),
-        ClusterCmd::Departed { .. } | ClusterCmd::Release { .. } => {}
+        ClusterCmd::Departed { .. } | ClusterCmd::Release { .. } | ClusterCmd::Calls(_) => {}
     }
 }
 

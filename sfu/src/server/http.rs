@@ -73,6 +73,7 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
 fn admin_routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/calls", get(list_calls))
+        .route("/api/calls/live", get(live_calls))
         .route("/api/calls/{id}", get(get_call))
         .route("/api/nodes", get(list_nodes))
 }
@@ -94,6 +95,35 @@ async fn list_nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
                 })
                 .collect();
             axum::Json(serde_json::json!({"cluster": true, "nodes": nodes})).into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the cluster store is unreachable: {e}"),
+        ),
+    }
+}
+
+/// The live calls, with where each is hosted and its members' states: this node's, or in a
+/// cluster every live node's (as of their last snapshot, at most 2 s old).
+async fn live_calls(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse_non_admin(&shared, &headers) {
+        return r;
+    }
+    let Some(store) = &shared.cluster else {
+        let calls = shared
+            .live_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        return axum::Json(serde_json::json!({"cluster": false, "calls": *calls})).into_response();
+    };
+    match store.live_calls().await {
+        Ok(entries) => {
+            let calls: Vec<serde_json::Value> = entries
+                .iter()
+                .filter_map(|e| serde_json::from_str(e).ok())
+                .collect();
+            axum::Json(serde_json::json!({"cluster": true, "calls": calls})).into_response()
         }
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -45,8 +45,10 @@ pub(crate) struct Shared {
     /// Finished call records (admin API) and the CDR file writer, if any.
     pub records: std::sync::Mutex<CallRecorder>,
     pub cdr: Option<std::sync::mpsc::SyncSender<String>>,
-    /// The cluster store (`--redis`), for `GET /api/nodes`.
+    /// The cluster store (`--redis`), for `GET /api/nodes` and `GET /api/calls/live`.
     pub cluster: Option<crate::cluster::Store>,
+    /// This node's live calls as of the driver's last snapshot (every 2 s).
+    pub live_calls: std::sync::Mutex<Arc<Vec<crate::directory::LiveCall>>>,
     next_conn: AtomicU64,
 }
 
@@ -242,6 +244,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         records: std::sync::Mutex::new(CallRecorder::new(cfg_records)),
         cdr,
         cluster: store.clone(),
+        live_calls: std::sync::Mutex::default(),
         next_conn: AtomicU64::new(0),
     });
     let (cluster_link, cluster_tasks) = match store {

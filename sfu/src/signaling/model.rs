@@ -219,6 +219,41 @@ impl CallModel {
         self.calls.len()
     }
 
+    /// Every call held here, with its members' states, for the live-call directory: `host` is
+    /// this node's name in it, `unix_ms` the wall clock at `now`.
+    pub fn live_calls(
+        &self,
+        host: &str,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Vec<crate::directory::LiveCall> {
+        use crate::directory::{LiveCall, LiveMember};
+        self.calls
+            .values()
+            .map(|c| LiveCall {
+                call_id: c.id.clone(),
+                host: host.to_string(),
+                group: c.group,
+                media: c.media,
+                started_at: unix_ms
+                    .saturating_sub(now.saturating_duration_since(c.created).as_millis() as u64),
+                members: c
+                    .members
+                    .iter()
+                    .map(|m| LiveMember {
+                        user: m.user.clone(),
+                        state: match m.state {
+                            super::call::MemberState::Invited => "invited",
+                            super::call::MemberState::Ringing => "ringing",
+                            super::call::MemberState::Joined => "joined",
+                        }
+                        .to_string(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Whether `user` is a member of a call this model holds (ringing or joined).
     pub fn in_call(&self, user: &str) -> bool {
         self.users.get(user).is_some_and(|u| !u.calls.is_empty())
