@@ -54,14 +54,14 @@ impl CallDirectoryWriter {
         };
         // Entries believed written and unchanged were not written now: if the directory was
         // gone, write them.
-        if !existed && self.published.keys().any(|id| now.contains_key(id)) {
-            if let Err(e) = store
+        if !existed
+            && self.published.keys().any(|id| now.contains_key(id))
+            && let Err(e) = store
                 .publish_calls(me, &changed(&HashMap::new()), &[])
                 .await
-            {
-                self.published.clear();
-                return Err(e);
-            }
+        {
+            self.published.clear();
+            return Err(e);
         }
         self.published = now;
         Ok(())
