@@ -10,6 +10,8 @@
 //! | [`track`] | a published stream: counters, jitter, availability, level |
 //! | [`subscription`] | one forwarded copy: negotiation state, PT map, munger |
 //! | [`seq`] | the sequence/timestamp munger |
+//! | [`simulcast`] | a track's simulcast layers, and the layer one subscription is forwarded |
+//! | [`vp8`] | VP8 picture-id continuity across layer switches |
 //! | [`keyframe`] | merged keyframe requests per publisher track |
 //! | [`quality`] | E-model samples of a member's up and down legs |
 //! | [`level`] | the audio level of publishers without the audio-level extension |
@@ -26,9 +28,11 @@ pub mod quality;
 pub mod room;
 pub mod router;
 pub mod seq;
+pub mod simulcast;
 pub mod subscription;
 pub mod tick;
 pub mod track;
+pub mod vp8;
 pub mod worker;
 
 pub use command::{Command, MemberMedia, Ticket};

@@ -1,0 +1,114 @@
+//! Unit tests of layer ranking and selection.
+use super::*;
+
+fn rid(s: &str) -> Rid {
+    Rid::from(s)
+}
+
+/// Three layers named against their size ("f" smallest, "q" largest) over 1.2 s at 50
+/// packets/s: 150, 500 and 1,500 kbit/s.
+fn three(t0: Instant) -> (Layers, Instant) {
+    let mut l = Layers::default();
+    for i in 0..60u64 {
+        let at = t0 + Duration::from_millis(i * 20);
+        assert!(l.on_packet(rid("f"), 375, at));
+        assert!(l.on_packet(rid("h"), 1_250, at));
+        assert!(l.on_packet(rid("q"), 3_750, at));
+    }
+    (l, t0 + Duration::from_millis(1_200))
+}
+
+#[test]
+fn layers_rank_by_bitrate_not_by_name() {
+    let t0 = Instant::now();
+    let (l, now) = three(t0);
+    let ranked: Vec<(Rid, u64)> = l.active(now).collect();
+    assert_eq!(
+        ranked.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        [rid("f"), rid("h"), rid("q")]
+    );
+    let kbps: Vec<u64> = ranked.iter().map(|(_, b)| b / 1000).collect();
+    assert!((145..=155).contains(&kbps[0]), "{kbps:?}");
+    assert!((1450..=1550).contains(&kbps[2]), "{kbps:?}");
+}
+
+#[test]
+fn a_fourth_rid_is_refused_and_a_silent_layer_drops_out() {
+    let t0 = Instant::now();
+    let (mut l, now) = three(t0);
+    assert!(!l.on_packet(rid("x"), 100, now));
+    // Only "f" goes on: 1.5 s later the others are no longer sent.
+    let mut at = now;
+    for _ in 0..80 {
+        at += Duration::from_millis(20);
+        l.on_packet(rid("f"), 375, at);
+    }
+    assert_eq!(l.active(at).map(|(r, _)| r).collect::<Vec<_>>(), [rid("f")]);
+}
+
+#[test]
+fn choices_pick_the_highest_the_lowest_or_nothing() {
+    let t0 = Instant::now();
+    let (l, now) = three(t0);
+    let mut s = LayerSelector::default();
+    assert_eq!(s.retarget(&l, now), Some(rid("q")), "high by default");
+    s.set_choice(VideoChoice::Low);
+    assert_eq!(s.retarget(&l, now), Some(rid("f")));
+    s.set_choice(VideoChoice::Off);
+    assert_eq!(s.retarget(&l, now), None);
+    assert!(!s.paused(), "off is asked, not paused");
+    assert_eq!(s.on_packet(rid("f"), true), Decision::Drop);
+}
+
+#[test]
+fn a_cap_steps_down_pauses_below_the_lowest_and_lifts_back() {
+    let t0 = Instant::now();
+    let (l, now) = three(t0);
+    let mut s = LayerSelector::default();
+    s.set_cap(Some(600_000));
+    assert_eq!(s.retarget(&l, now), Some(rid("h")), "the best that fits");
+    s.set_cap(Some(100_000));
+    assert_eq!(s.retarget(&l, now), None);
+    assert!(s.paused());
+    s.set_cap(None);
+    assert_eq!(s.retarget(&l, now), Some(rid("q")), "climbs back");
+    assert!(!s.paused());
+    // Low asked but even low does not fit: paused too.
+    s.set_choice(VideoChoice::Low);
+    s.set_cap(Some(100_000));
+    s.retarget(&l, now);
+    assert!(s.paused());
+}
+
+#[test]
+fn switches_land_on_keyframes_of_the_new_layer_only() {
+    let t0 = Instant::now();
+    let (l, now) = three(t0);
+    let mut s = LayerSelector::default();
+    s.retarget(&l, now);
+    // Nothing forwarded until q's keyframe; other layers never.
+    assert_eq!(s.on_packet(rid("q"), false), Decision::Drop);
+    assert_eq!(s.on_packet(rid("h"), true), Decision::Drop);
+    assert!(s.switching());
+    assert_eq!(s.on_packet(rid("q"), true), Decision::Switch);
+    assert_eq!(s.on_packet(rid("q"), false), Decision::Forward);
+    assert!(!s.switching());
+    // Down to low: q goes on until f's keyframe, then only f.
+    s.set_choice(VideoChoice::Low);
+    assert_eq!(s.retarget(&l, now), Some(rid("f")));
+    assert_eq!(s.on_packet(rid("q"), false), Decision::Forward);
+    assert_eq!(s.on_packet(rid("f"), false), Decision::Drop);
+    assert_eq!(s.on_packet(rid("f"), true), Decision::Switch);
+    assert_eq!(s.current(), Some(rid("f")));
+    assert_eq!(s.on_packet(rid("q"), true), Decision::Drop);
+    // Off, then on again: a keyframe restarts it.
+    s.set_choice(VideoChoice::Off);
+    s.retarget(&l, now);
+    assert_eq!(s.on_packet(rid("f"), false), Decision::Drop);
+    s.set_choice(VideoChoice::Low);
+    assert_eq!(s.retarget(&l, now), Some(rid("f")));
+    assert_eq!(s.on_packet(rid("f"), false), Decision::Drop);
+    assert_eq!(s.on_packet(rid("f"), true), Decision::Switch);
+    // Retargeting to the current layer asks for nothing.
+    assert_eq!(s.retarget(&l, now), None);
+}
