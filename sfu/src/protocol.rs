@@ -56,6 +56,7 @@ pub enum Method {
     Dtmf,
     Message,
     Candidate,
+    Subscribe,
     Ping,
 }
 

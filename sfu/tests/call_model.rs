@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sfu::media::simulcast::VideoChoice;
 use sfu::media::{Command as MediaCommand, MediaEvent, MemberMedia};
 use sfu::protocol::{EndReason, Method, Outbound};
 use sfu::signaling::{CallEvent, CallModel, ConnId, ModelConfig, Output, PushNotice};
@@ -1506,4 +1507,51 @@ fn an_offline_callee_gets_so_many_pushes_per_minute() {
     h.advance(Duration::from_secs(30));
     h.call("alice", &["bob"], json!({}));
     assert_eq!(h.pushes.len(), 3, "the budget refills over the minute");
+}
+
+#[test]
+fn subscribe_is_checked_and_handed_to_the_media_core() {
+    let mut h = H::new();
+    for u in ["alice", "bob", "carol", "dave"] {
+        h.login(u);
+    }
+    let id = h.call("alice", &["bob", "carol"], json!({"media": "video"}));
+    h.ok("bob", Method::Accept, &id);
+    h.media.clear();
+    let sub = |user: &str, video: &str| json!({"call_id": id, "user": user, "video": video});
+    h.req("bob", Method::Subscribe, sub("alice", "low"))
+        .unwrap();
+    assert!(
+        matches!(&h.media[..], [MediaCommand::Subscribe { user, publisher, video, .. }]
+            if user == "bob" && publisher == "alice" && *video == VideoChoice::Low),
+        "{:?}",
+        h.media
+    );
+    h.req("bob", Method::Subscribe, sub("carol", "off"))
+        .unwrap();
+    assert_eq!(
+        h.err("bob", Method::Subscribe, sub("bob", "low")),
+        -32602,
+        "self"
+    );
+    assert_eq!(
+        h.err("bob", Method::Subscribe, sub("dave", "low")),
+        -32602,
+        "not in the call"
+    );
+    assert_eq!(
+        h.err("bob", Method::Subscribe, sub("alice", "medium")),
+        -32602
+    );
+    assert_eq!(
+        h.err("carol", Method::Subscribe, sub("alice", "low")),
+        4009,
+        "still ringing"
+    );
+    assert_eq!(h.err("dave", Method::Subscribe, sub("alice", "low")), 4003);
+    assert_eq!(
+        h.media.len(),
+        2,
+        "only the valid requests reach the media core"
+    );
 }

@@ -55,6 +55,14 @@ pub enum Command {
         user: String,
         state: MemberMedia,
     },
+    /// Which of `publisher`'s video the member wants (TRTC startRemoteView's big or small
+    /// stream, or stopRemoteView); kept for the call, across the member's reconnects.
+    Subscribe {
+        call_id: String,
+        user: String,
+        publisher: String,
+        video: crate::media::simulcast::VideoChoice,
+    },
     /// The member left: close their Peer.
     Leave { call_id: String, user: String },
     /// The call ended: close all its Peers.
@@ -68,6 +76,7 @@ impl Command {
             | Command::Answer { call_id, .. }
             | Command::Candidate { call_id, .. }
             | Command::SetState { call_id, .. }
+            | Command::Subscribe { call_id, .. }
             | Command::Leave { call_id, .. }
             | Command::EndCall { call_id } => call_id,
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 /// Keyframe requests relayed to one publisher track at most this often.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct KeyframeThrottle {
     last: Option<Instant>,
 }

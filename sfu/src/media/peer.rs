@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
@@ -59,8 +59,8 @@ pub enum PeerEvent {
     IceDisconnected,
     /// The member's offer published a track.
     MediaAdded(Mid, MediaKind),
-    /// A packet of the member's track `mid`.
-    Rtp(Mid, RtpPacket),
+    /// A packet of the member's track `mid`, of simulcast layer `rid` if it has layers.
+    Rtp(Mid, Option<Rid>, RtpPacket),
     /// The member asks for a keyframe on our `mid`.
     KeyframeRequest(Mid, KeyframeRequestKind),
     Egress(MediaEgressStats),
@@ -83,6 +83,8 @@ pub struct Forward<'a> {
     pub params: PayloadParams,
     pub epoch: u32,
     pub ext: &'a ExtensionValues,
+    /// Of a simulcast layer (chosen by the core): its VP8 picture ids are rewritten.
+    pub simulcast: bool,
 }
 
 pub struct Peer {
@@ -372,23 +374,29 @@ impl Peer {
             return Ok(false);
         };
         let video = s.kind == MediaKind::Video;
+        let vp8 = match f.simulcast {
+            true => s.vp8.munge(&f.pkt.payload),
+            false => None,
+        };
         let pkt = f.pkt;
         // Built inside the guarded call: moving a finished RtpWrite (320 bytes) through the
         // closures costs more than the write's own bookkeeping.
         let written = guarded(|| match self.rtc.direct_api().stream_tx_by_mid(mid, None) {
             Some(tx) => {
-                tx.write_rtp(
-                    RtpWrite::new(
-                        pt.into(),
-                        seq.into(),
-                        ts,
-                        pkt.timestamp,
-                        pkt.payload.clone(),
-                    )
-                    .marker(pkt.header.marker)
-                    .ext_vals(f.ext.clone())
-                    .nackable(video),
-                );
+                let w = RtpWrite::new(
+                    pt.into(),
+                    seq.into(),
+                    ts,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(pkt.header.marker)
+                .ext_vals(f.ext.clone())
+                .nackable(video);
+                tx.write_rtp(match vp8 {
+                    Some(patch) => w.vp8_patch(patch),
+                    None => w,
+                });
                 true
             }
             None => false,
@@ -562,9 +570,15 @@ impl Peer {
                 }
                 Ok(Ok(Output::Event(Event::RtpPacket(pkt)))) => {
                     let ssrc = pkt.header.ssrc;
-                    let mid = guarded(|| self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()))?;
-                    if let Some(mid) = mid {
-                        sink.events.push_back((self.id, PeerEvent::Rtp(mid, pkt)));
+                    let at = guarded(|| {
+                        self.rtc
+                            .direct_api()
+                            .stream_rx(&ssrc)
+                            .map(|s| (s.mid(), s.rid()))
+                    })?;
+                    if let Some((mid, rid)) = at {
+                        sink.events
+                            .push_back((self.id, PeerEvent::Rtp(mid, rid, pkt)));
                     }
                     continue;
                 }

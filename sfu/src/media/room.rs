@@ -6,6 +6,7 @@
 use str0m::media::Mid;
 
 use super::peer::PeerId;
+use super::simulcast::VideoChoice;
 use super::subscription::SubId;
 
 /// A published track (publisher, mid) and the subscriptions that receive it.
@@ -19,6 +20,9 @@ pub struct Room {
     fanout: Vec<Fanout>,
     /// Whether the last volume report had someone audible.
     pub audible: bool,
+    /// (subscriber, publisher) → the video the subscriber asked for, when not the default.
+    /// Members' Peers come and go (reconnects); what they asked stays for the call.
+    choices: Vec<(String, String, VideoChoice)>,
 }
 
 impl Room {
@@ -44,6 +48,24 @@ impl Room {
             subs.retain(|(s, _)| *s != id);
             *publisher != id
         });
+    }
+
+    /// `subscriber` wants `choice` of `publisher`'s video.
+    pub fn set_choice(&mut self, subscriber: &str, publisher: &str, choice: VideoChoice) {
+        self.choices
+            .retain(|(s, p, _)| !(s == subscriber && p == publisher));
+        if choice != VideoChoice::default() {
+            self.choices
+                .push((subscriber.to_string(), publisher.to_string(), choice));
+        }
+    }
+
+    /// What `subscriber` asked of `publisher`'s video.
+    pub fn choice(&self, subscriber: &str, publisher: &str) -> VideoChoice {
+        self.choices
+            .iter()
+            .find(|(s, p, _)| s == subscriber && p == publisher)
+            .map_or_else(VideoChoice::default, |c| c.2)
     }
 
     pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
@@ -108,5 +130,14 @@ mod tests {
         r.join("b", b2);
         assert_eq!(r.peer_of("b"), Some(b2));
         assert_eq!(r.peers().count(), 1);
+        // Video choices outlive Peers.
+        r.set_choice("b", "a", VideoChoice::Low);
+        r.set_choice("c", "a", VideoChoice::Off);
+        r.join("b", PeerId::new(1, 2));
+        assert_eq!(r.choice("b", "a"), VideoChoice::Low);
+        assert_eq!(r.choice("a", "b"), VideoChoice::High);
+        r.set_choice("b", "a", VideoChoice::High);
+        assert_eq!(r.choice("b", "a"), VideoChoice::High);
+        assert_eq!(r.choice("c", "a"), VideoChoice::Off);
     }
 }

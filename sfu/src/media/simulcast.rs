@@ -11,8 +11,8 @@
 //! let mut layers = Layers::default();
 //! for i in 0..60u32 {
 //!     let at = t0 + Duration::from_millis(u64::from(i) * 20);
-//!     layers.on_packet(lo, 200, at);
-//!     layers.on_packet(hi, 1_000, at);
+//!     layers.on_packet(lo, 1.into(), 200, at);
+//!     layers.on_packet(hi, 2.into(), 1_000, at);
 //! }
 //! let now = t0 + Duration::from_millis(1_200);
 //! let mut sel = LayerSelector::default();
@@ -33,6 +33,9 @@
 use std::time::{Duration, Instant};
 
 use str0m::media::Rid;
+use str0m::rtp::Ssrc;
+
+use super::keyframe::KeyframeThrottle;
 
 /// Layers a track may have; more rids are ignored.
 pub const MAX_LAYERS: usize = 3;
@@ -40,6 +43,8 @@ pub const MAX_LAYERS: usize = 3;
 const WINDOW: Duration = Duration::from_secs(1);
 /// A layer without packets this long is not sent any more (the publisher paused it).
 const INACTIVE_AFTER: Duration = Duration::from_millis(1500);
+/// How often subscriptions are re-targeted on what the layers carry.
+pub const RETARGET_EVERY: Duration = Duration::from_millis(250);
 
 /// What a subscriber asked for a publisher's video.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +62,8 @@ pub enum VideoChoice {
 #[derive(Clone, Copy, Debug)]
 struct Layer {
     rid: Rid,
+    ssrc: Ssrc,
+    keyframe: KeyframeThrottle,
     /// Bytes in the current window, and the bitrate of the last full one.
     bytes: u64,
     window_start: Instant,
@@ -65,30 +72,46 @@ struct Layer {
 }
 
 /// The layers of one simulcast track.
-#[derive(Clone, Debug, Default)]
+/// Copy and allocation-free: the core hands a snapshot to every subscription it re-targets.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Layers {
-    layers: Vec<Layer>,
+    layers: [Option<Layer>; MAX_LAYERS],
+    next_retarget: Option<Instant>,
+}
+
+/// What one packet told of its layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerPacket {
+    /// A rid beyond [`MAX_LAYERS`]: not forwarded.
+    Refused,
+    /// Booked; `new_source` when the layer's SSRC changed (the publisher re-offered).
+    Booked { new_source: bool },
 }
 
 impl Layers {
-    /// A packet of `rid` with `bytes` of payload arrived at `now`. Returns false for a rid
-    /// beyond [`MAX_LAYERS`] (not forwarded).
-    pub fn on_packet(&mut self, rid: Rid, bytes: usize, now: Instant) -> bool {
-        let l = match self.layers.iter_mut().position(|l| l.rid == rid) {
-            Some(i) => &mut self.layers[i],
-            None if self.layers.len() < MAX_LAYERS => {
-                self.layers.push(Layer {
-                    rid,
-                    bytes: 0,
-                    window_start: now,
-                    bitrate: 0,
-                    last_at: now,
-                });
-                let i = self.layers.len() - 1;
-                &mut self.layers[i]
-            }
-            None => return false,
+    /// A packet of `rid` from `ssrc` with `bytes` of payload arrived at `now`.
+    pub fn on_packet(&mut self, rid: Rid, ssrc: Ssrc, bytes: usize, now: Instant) -> LayerPacket {
+        let slot = match self
+            .layers
+            .iter()
+            .position(|l| l.is_some_and(|l| l.rid == rid))
+        {
+            Some(i) => Some(i),
+            None => self.layers.iter().position(Option::is_none),
         };
+        let Some(i) = slot else {
+            return LayerPacket::Refused;
+        };
+        let l = self.layers[i].get_or_insert(Layer {
+            rid,
+            ssrc,
+            keyframe: KeyframeThrottle::default(),
+            bytes: 0,
+            window_start: now,
+            bitrate: 0,
+            last_at: now,
+        });
+        let new_source = std::mem::replace(&mut l.ssrc, ssrc) != ssrc;
         let elapsed = now.saturating_duration_since(l.window_start);
         if elapsed >= WINDOW {
             l.bitrate = l.bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
@@ -97,6 +120,33 @@ impl Layers {
         }
         l.bytes += bytes as u64;
         l.last_at = now;
+        LayerPacket::Booked { new_source }
+    }
+
+    /// The SSRC layer `rid` is received on.
+    pub fn ssrc_of(&self, rid: Rid) -> Option<Ssrc> {
+        self.layers
+            .iter()
+            .flatten()
+            .find(|l| l.rid == rid)
+            .map(|l| l.ssrc)
+    }
+
+    /// Whether a keyframe of `rid` may be asked for now (merged across subscribers).
+    pub fn keyframe_allowed(&mut self, rid: Rid, now: Instant) -> bool {
+        self.layers
+            .iter_mut()
+            .flatten()
+            .find(|l| l.rid == rid)
+            .is_some_and(|l| l.keyframe.allow(now))
+    }
+
+    /// Whether subscriptions should be re-targeted now (every [`RETARGET_EVERY`]).
+    pub fn retarget_due(&mut self, now: Instant) -> bool {
+        if self.next_retarget.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next_retarget = Some(now + RETARGET_EVERY);
         true
     }
 
@@ -105,7 +155,7 @@ impl Layers {
     pub fn active(&self, now: Instant) -> impl Iterator<Item = (Rid, u64)> + '_ {
         let mut v: [(Rid, u64); MAX_LAYERS] = [(Rid::from(""), 0); MAX_LAYERS];
         let mut n = 0;
-        for l in &self.layers {
+        for l in self.layers.iter().flatten() {
             if now.saturating_duration_since(l.last_at) < INACTIVE_AFTER {
                 let rate = if l.bitrate > 0 {
                     l.bitrate
@@ -122,7 +172,7 @@ impl Layers {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
+        self.layers.iter().all(Option::is_none)
     }
 }
 
@@ -206,6 +256,11 @@ impl LayerSelector {
         } else {
             Decision::Drop
         }
+    }
+
+    /// The stream's source changed under it (a re-offer): the next layer starts at a keyframe.
+    pub fn reset(&mut self) {
+        self.current = None;
     }
 
     /// The layer forwarded now.

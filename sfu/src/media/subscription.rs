@@ -9,7 +9,9 @@ use str0m::media::{MediaKind, Mid};
 
 use super::peer::PeerId;
 use super::seq::SeqMunger;
+use super::simulcast::LayerSelector;
 use super::track::clock_rate;
+use super::vp8::Vp8Munger;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubState {
@@ -34,6 +36,10 @@ pub struct Subscription {
     pub kind: MediaKind,
     pub state: SubState,
     munger: SeqMunger,
+    /// Which layer of a simulcast track this stream carries, and the VP8 picture-id rewrite
+    /// that keeps switches seamless.
+    pub selector: LayerSelector,
+    pub vp8: Vp8Munger,
     /// The publisher track's source epoch this stream last followed.
     epoch: u32,
     /// Last (publisher PT, our PT) mapping, to skip the codec lookup per packet.
@@ -52,6 +58,8 @@ impl Subscription {
             kind,
             state: SubState::ToOpen,
             munger: SeqMunger::new(clock_rate(kind)),
+            selector: LayerSelector::default(),
+            vp8: Vp8Munger::default(),
             epoch: 0,
             pt_cache: None,
             adopted: false,
@@ -71,6 +79,13 @@ impl Subscription {
         self.adopted = false;
         self.pt_cache = None;
         self.munger.restart();
+    }
+
+    /// The next packet starts another simulcast layer: numbers, timestamps and picture ids
+    /// follow on from the last ones written.
+    pub fn switch_layer(&mut self) {
+        self.munger.restart();
+        self.vp8.switch();
     }
 
     /// The mid packets are written on, once negotiated.
@@ -116,11 +131,14 @@ impl Subscription {
         self.munger.withhold(seq_in);
     }
 
+    /// Follows the publisher track's source epoch: a new source restarts the stream (and a
+    /// simulcast layer waits for a keyframe).
     #[inline]
-    fn follow(&mut self, epoch: u32) {
+    pub fn follow(&mut self, epoch: u32) {
         if epoch != self.epoch {
             self.epoch = epoch;
             self.munger.restart();
+            self.selector.reset();
         }
     }
 }

@@ -8,11 +8,12 @@
 use std::time::{Duration, Instant};
 
 use analytics::{Availability, AvailabilityConfig, Jitter};
-use str0m::media::{MediaKind, Mid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::rtp::{RtpPacket, Ssrc};
 
 use super::keyframe::KeyframeThrottle;
 use super::level::{DECODE_AFTER, OpusLevel};
+use super::simulcast::{LayerPacket, Layers};
 
 /// Seconds charged to the decode budget for a packet at least: Opus's shortest frame.
 const MIN_DECODE_CHARGE: f64 = 0.0025;
@@ -58,6 +59,10 @@ pub struct Track {
     pub epoch: u32,
     pub keyframe: KeyframeThrottle,
     pub availability: Availability,
+    /// The simulcast layers, once a packet with a rid came.
+    pub layers: Option<Layers>,
+    /// Of a simulcast track, the one layer whose packets the loss and jitter counters book.
+    booked_rid: Option<Rid>,
     ssrc: Option<Ssrc>,
     /// Extended sequence numbers of the current source: first, highest, and packets received.
     first_seq: Option<u64>,
@@ -93,6 +98,8 @@ impl Track {
             epoch: 0,
             keyframe: KeyframeThrottle::default(),
             availability,
+            layers: None,
+            booked_rid: None,
             ssrc: None,
             first_seq: None,
             highest_seq: 0,
@@ -142,6 +149,33 @@ impl Track {
             duration,
             new_source,
         }
+    }
+
+    /// Books one packet of simulcast layer `rid`: the layers' rates and sources; the counters
+    /// follow one layer (the first seen). `None` for a layer beyond the ones forwarded.
+    #[inline]
+    pub fn on_layer_packet(
+        &mut self,
+        pkt: Arrival,
+        rid: Rid,
+        bytes: usize,
+        now: Instant,
+    ) -> Option<Received> {
+        let layers = self.layers.get_or_insert_with(Layers::default);
+        let LayerPacket::Booked { new_source } = layers.on_packet(rid, pkt.ssrc, bytes, now) else {
+            return None;
+        };
+        if *self.booked_rid.get_or_insert(rid) == rid {
+            return Some(self.on_packet(pkt, now));
+        }
+        if new_source {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        Some(Received {
+            available: self.availability.on_packet(now),
+            duration: Duration::from_millis(20),
+            new_source,
+        })
     }
 
     /// The packet's level (−dBov): from the RFC 6464 extension, or by decoding the Opus of a

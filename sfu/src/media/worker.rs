@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 
 use super::command::{Command, MemberMedia};
@@ -126,6 +126,9 @@ pub struct MediaCounters {
     pub addresses_refused: u64,
     pub decodes_skipped: u64,
     pub peers_connected: u64,
+    /// Simulcast: packets of a layer beyond the three forwarded, and layer switches made.
+    pub layers_refused: u64,
+    pub layer_switches: u64,
 }
 
 /// Index into the per-kind counter arrays.
@@ -160,6 +163,8 @@ pub struct MediaCore {
     counters: MediaCounters,
     /// Reused for the subscribers of one packet, to avoid an allocation per packet.
     scratch: Vec<(PeerId, SubId)>,
+    /// Simulcast layers whose keyframe a re-targeted subscription waits for (reused).
+    keyframes_wanted: Vec<(PeerId, Mid, Rid)>,
     next_volume: Option<Instant>,
     next_quality: Option<Instant>,
     /// Anchor of the tick grid: the first command's instant.
@@ -182,6 +187,7 @@ impl MediaCore {
             events: VecDeque::new(),
             counters: MediaCounters::default(),
             scratch: Vec::new(),
+            keyframes_wanted: Vec::new(),
             next_volume: None,
             next_quality: None,
             epoch: None,
@@ -272,6 +278,12 @@ impl MediaCore {
                     set_state(p, state);
                 }
             }
+            Command::Subscribe {
+                call_id,
+                user,
+                publisher,
+                video,
+            } => self.set_video_choice(now, &call_id, &user, &publisher, video),
             Command::Leave { call_id, user } => {
                 if let Some(id) = self.member(&call_id, &user) {
                     self.remove_peer(now, id, None);
@@ -490,5 +502,6 @@ fn slot_peer(slots: &mut [Slot], id: PeerId) -> Option<&mut Peer> {
 
 mod commands;
 mod forwarding;
+mod layers;
 mod lifecycle;
 mod reports;

@@ -56,6 +56,22 @@ pub struct MuteParams {
     pub video: Option<bool>,
 }
 
+/// `subscribe`: which of `user`'s video the caller receives.
+#[derive(Debug, Deserialize)]
+pub struct SubscribeParams {
+    pub call_id: String,
+    pub user: String,
+    pub video: StreamChoice,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamChoice {
+    High,
+    Low,
+    Off,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct HoldParams {
     pub call_id: String,

@@ -11,9 +11,10 @@ fn three(t0: Instant) -> (Layers, Instant) {
     let mut l = Layers::default();
     for i in 0..60u64 {
         let at = t0 + Duration::from_millis(i * 20);
-        assert!(l.on_packet(rid("f"), 375, at));
-        assert!(l.on_packet(rid("h"), 1_250, at));
-        assert!(l.on_packet(rid("q"), 3_750, at));
+        let booked = LayerPacket::Booked { new_source: false };
+        assert_eq!(l.on_packet(rid("f"), 1.into(), 375, at), booked);
+        assert_eq!(l.on_packet(rid("h"), 2.into(), 1_250, at), booked);
+        assert_eq!(l.on_packet(rid("q"), 3.into(), 3_750, at), booked);
     }
     (l, t0 + Duration::from_millis(1_200))
 }
@@ -36,12 +37,21 @@ fn layers_rank_by_bitrate_not_by_name() {
 fn a_fourth_rid_is_refused_and_a_silent_layer_drops_out() {
     let t0 = Instant::now();
     let (mut l, now) = three(t0);
-    assert!(!l.on_packet(rid("x"), 100, now));
+    assert_eq!(
+        l.on_packet(rid("x"), 9.into(), 100, now),
+        LayerPacket::Refused
+    );
+    assert_eq!(l.ssrc_of(rid("h")), Some(2.into()));
+    assert_eq!(
+        l.on_packet(rid("h"), 7.into(), 100, now),
+        LayerPacket::Booked { new_source: true },
+        "a re-offer's new SSRC"
+    );
     // Only "f" goes on: 1.5 s later the others are no longer sent.
     let mut at = now;
     for _ in 0..80 {
         at += Duration::from_millis(20);
-        l.on_packet(rid("f"), 375, at);
+        l.on_packet(rid("f"), 1.into(), 375, at);
     }
     assert_eq!(l.active(at).map(|(r, _)| r).collect::<Vec<_>>(), [rid("f")]);
 }

@@ -5,12 +5,13 @@
 use std::time::Instant;
 
 use analytics::volume::energy;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
-use str0m::rtp::{ExtensionValues, RtpPacket};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, Vp8Descriptor};
 
 use super::{MediaCore, kind_index, slot_peer};
 use crate::media::event::MediaEvent;
 use crate::media::peer::{Forward, PeerEvent, PeerId, Sink};
+use crate::media::simulcast::{Decision, VideoChoice};
 use crate::media::subscription::Subscription;
 use crate::media::track::{Arrival, Track};
 
@@ -53,12 +54,16 @@ impl MediaCore {
                 peer.tracks.push(Track::new(mid, kind, muted, budget, now));
                 self.publish(now, id, mid, kind);
             }
-            PeerEvent::Rtp(mid, pkt) => self.on_rtp(now, id, mid, &pkt),
+            PeerEvent::Rtp(mid, rid, pkt) => self.on_rtp(now, id, mid, rid, &pkt),
             PeerEvent::KeyframeRequest(mid, kind) => {
                 self.counters.keyframe_requests_in += 1;
                 if let Some(s) = peer.subs.by_open_mid(mid) {
                     let (source, source_mid) = (s.source, s.source_mid);
-                    self.request_keyframe(now, source, source_mid, kind);
+                    // Of a simulcast track: the layer this subscriber is sent.
+                    match s.selector.current().or(s.selector.target()) {
+                        Some(rid) => self.request_layer_keyframe(now, source, source_mid, rid),
+                        None => self.request_keyframe(now, source, source_mid, kind),
+                    }
                 }
             }
             PeerEvent::Egress(s) => {
@@ -110,6 +115,10 @@ impl MediaCore {
         if s.subs.find(publisher, mid).is_some() {
             return false;
         }
+        let choice = match self.rooms.get(&s.call_id) {
+            Some(room) if kind == MediaKind::Video => room.choice(&s.user, user),
+            _ => VideoChoice::default(),
+        };
         let (sub, rebound) = match s.subs.adopted(publisher, kind) {
             Some(sub) => {
                 if let Some(x) = s.subs.get_mut(sub) {
@@ -122,15 +131,26 @@ impl MediaCore {
                 false,
             ),
         };
+        if let Some(x) = s.subs.get_mut(sub) {
+            x.selector.set_choice(choice);
+        }
         if let Some(room) = self.rooms.get_mut(&s.call_id) {
             room.subscribe(publisher, mid, subscriber, sub);
         }
         rebound
     }
 
-    /// One packet of `from`'s track `mid`: booked, then forwarded to every subscription of it
-    /// (or withheld, leaving no gap, while its publisher is muted or held).
-    pub(super) fn on_rtp(&mut self, now: Instant, from: PeerId, mid: Mid, pkt: &RtpPacket) {
+    /// One packet of `from`'s track `mid` (of simulcast layer `rid`): booked, then forwarded
+    /// to every subscription of it (or withheld, leaving no gap, while its publisher is muted
+    /// or held); of a simulcast track, only to the subscriptions forwarded that layer.
+    pub(super) fn on_rtp(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        mid: Mid,
+        rid: Option<Rid>,
+        pkt: &RtpPacket,
+    ) {
         let Some(publisher) = slot_peer(&mut self.slots, from) else {
             return;
         };
@@ -142,7 +162,24 @@ impl MediaCore {
         let k = kind_index(kind);
         self.counters.rtp_in_packets[k] += 1;
         self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
-        let received = track.on_packet(Arrival::of(pkt), now);
+        let received = match rid {
+            None => track.on_packet(Arrival::of(pkt), now),
+            Some(rid) => {
+                let Some(r) = track.on_layer_packet(Arrival::of(pkt), rid, pkt.payload.len(), now)
+                else {
+                    self.counters.layers_refused += 1;
+                    return;
+                };
+                r
+            }
+        };
+        // Simulcast: the layer, whether the packet starts a keyframe of it, and every
+        // RETARGET_EVERY a snapshot of the layers to re-target the subscriptions on.
+        let layer = rid.map(|rid| (rid, vp8_keyframe(&pkt.payload)));
+        let retarget = match (track.layers.as_mut(), rid) {
+            (Some(l), Some(_)) => l.retarget_due(now).then_some(*l),
+            _ => None,
+        };
         let withheld = publisher.state.held || publisher.state.muted(kind);
         let level = match kind {
             MediaKind::Audio if !withheld => match track.audio_level(pkt, now) {
@@ -185,9 +222,37 @@ impl MediaCore {
             let Some(peer) = slot_peer(&mut self.slots, sub_peer) else {
                 continue;
             };
+            if let Some((rid, keyframe)) = layer
+                && let Some(s) = peer.subs.get_mut(sub)
+            {
+                s.follow(epoch);
+                if let Some(layers) = &retarget
+                    && let Some(target) = s.selector.retarget(layers, now)
+                {
+                    self.keyframes_wanted.push((from, mid, target));
+                }
+                match s.selector.on_packet(rid, keyframe) {
+                    Decision::Drop => continue,
+                    Decision::Switch => {
+                        s.switch_layer();
+                        self.counters.layer_switches += 1;
+                    }
+                    Decision::Forward => {}
+                }
+            } else if kind == MediaKind::Video
+                && let Some(s) = peer.subs.get_mut(sub)
+                && s.selector.choice() == VideoChoice::Off
+            {
+                // One stream only, and this subscriber turned it off.
+                s.withhold(*pkt.seq_no, epoch);
+                continue;
+            }
             let Some(params) = params.filter(|_| !withheld) else {
                 if let Some(s) = peer.subs.get_mut(sub) {
-                    s.withhold(*pkt.seq_no, epoch);
+                    // Another layer's numbers are not this stream's.
+                    if layer.is_none_or(|(r, _)| s.selector.current() == Some(r)) {
+                        s.withhold(*pkt.seq_no, epoch);
+                    }
                 }
                 continue;
             };
@@ -196,6 +261,7 @@ impl MediaCore {
                 params,
                 epoch,
                 ext: &ext,
+                simulcast: layer.is_some(),
             };
             let mut sink = Sink {
                 out: &mut self.out,
@@ -216,10 +282,47 @@ impl MediaCore {
             self.schedule(sub_peer);
         }
         self.scratch = subs;
-        if received.new_source && kind == MediaKind::Video {
+        while let Some((p, m, rid)) = self.keyframes_wanted.pop() {
+            self.request_layer_keyframe(now, p, m, rid);
+        }
+        if received.new_source && kind == MediaKind::Video && rid.is_none() {
             // The subscribers' decoders need a keyframe of the new source.
             self.request_keyframe(now, from, mid, KeyframeRequestKind::Pli);
         }
+    }
+
+    /// A keyframe of simulcast layer `rid` of `source`'s track `mid` (throttled per layer).
+    pub(super) fn request_layer_keyframe(
+        &mut self,
+        now: Instant,
+        source: PeerId,
+        mid: Mid,
+        rid: Rid,
+    ) {
+        let Some(p) = slot_peer(&mut self.slots, source) else {
+            return;
+        };
+        let Some(layers) = p
+            .tracks
+            .iter_mut()
+            .find(|t| t.mid == mid)
+            .and_then(|t| t.layers.as_mut())
+        else {
+            return;
+        };
+        if !layers.keyframe_allowed(rid, now) {
+            return;
+        }
+        let ssrc = layers.ssrc_of(rid);
+        let mut sink = Sink {
+            out: &mut self.out,
+            events: &mut self.events,
+        };
+        match p.request_keyframe(now, mid, ssrc, KeyframeRequestKind::Pli, &mut sink) {
+            Ok(sent) => self.counters.keyframe_requests_out += u64::from(sent),
+            Err(f) => self.remove_peer(now, source, Some(f)),
+        }
+        self.schedule(source);
     }
 
     pub(super) fn request_keyframe(
@@ -271,4 +374,10 @@ impl MediaCore {
         }
         self.schedule(id);
     }
+}
+
+/// Whether a VP8 payload starts a keyframe (simulcast switches land only there).
+#[inline]
+fn vp8_keyframe(payload: &[u8]) -> bool {
+    Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload))
 }

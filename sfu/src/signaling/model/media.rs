@@ -6,13 +6,16 @@
 use serde_json::{Value, json};
 
 use super::{CallModel, ConnId, Output};
+use crate::media::simulcast::VideoChoice;
 use crate::media::{Command, Leg, MediaError, MediaEvent, MemberMedia};
 use crate::protocol::params as parse_params;
 use crate::protocol::{
     Media, Method, Notification, QualityDirection, RequestId, RpcError, UserVolume, codes,
 };
 use crate::signaling::call::Member;
-use crate::signaling::params::{self, CandidateParams, HoldParams, MuteParams, SdpParams};
+use crate::signaling::params::{
+    self, CandidateParams, HoldParams, MuteParams, SdpParams, StreamChoice, SubscribeParams,
+};
 
 impl From<Leg> for QualityDirection {
     fn from(leg: Leg) -> Self {
@@ -136,6 +139,35 @@ impl CallModel {
             call_id: p.call_id,
             user: me.to_string(),
             candidate: p.candidate,
+        }));
+        Ok(json!({}))
+    }
+
+    /// `subscribe`: which of another member's video `me` receives (the media core keeps it
+    /// for the call, across reconnects).
+    pub(super) fn subscribe(&mut self, me: &str, p: &SubscribeParams) -> Result<Value, RpcError> {
+        self.joined_member_mut(me, &p.call_id)?;
+        if p.user == me {
+            return Err(RpcError::invalid_params(
+                "user: you do not receive your own video",
+            ));
+        }
+        let call = self
+            .calls
+            .get(&p.call_id)
+            .ok_or_else(RpcError::no_such_call)?;
+        if call.member(&p.user).is_none() {
+            return Err(RpcError::invalid_params("user: not a member of this call"));
+        }
+        self.out.push_back(Output::Media(Command::Subscribe {
+            call_id: p.call_id.clone(),
+            user: me.to_string(),
+            publisher: p.user.clone(),
+            video: match p.video {
+                StreamChoice::High => VideoChoice::High,
+                StreamChoice::Low => VideoChoice::Low,
+                StreamChoice::Off => VideoChoice::Off,
+            },
         }));
         Ok(json!({}))
     }

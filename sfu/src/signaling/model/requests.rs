@@ -19,7 +19,7 @@ use crate::signaling::call::Member;
 use crate::signaling::params::{
     self, CallIdParams, CallParams, DtmfParams, HoldParams, InviteParams,
 };
-use crate::signaling::params::{CandidateParams, MessageParams, MuteParams};
+use crate::signaling::params::{CandidateParams, MessageParams, MuteParams, SubscribeParams};
 
 impl CallModel {
     pub(super) fn dispatch(
@@ -82,6 +82,10 @@ impl CallModel {
             Method::Hold => {
                 let p: HoldParams = parse_params(params)?;
                 self.hold(&me, p)
+            }
+            Method::Subscribe => {
+                let p: SubscribeParams = parse_params(params)?;
+                self.subscribe(&me, &p)
             }
             Method::Dtmf => {
                 let p: DtmfParams = parse_params(params)?;
