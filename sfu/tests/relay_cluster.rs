@@ -474,7 +474,7 @@ fn a_lost_edge_is_a_disconnect_then_a_leave_after_the_grace() {
 fn a_node_at_its_threshold_places_new_calls_on_the_least_loaded_node() {
     let mut net = Net::spilling(3, Some(1));
     let alice = net.login(0, "alice");
-    let bob = net.login(1, "bob");
+    net.login(1, "bob");
     let carol = net.login(0, "carol");
     let dave = net.login(2, "dave");
     let erin = net.login(1, "erin");
