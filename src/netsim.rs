@@ -32,6 +32,8 @@ pub fn server_addr() -> SocketAddr {
 }
 
 /// A tiny deterministic PRNG (xorshift) for loss.
+pub mod simulcast;
+
 pub struct Rng(pub u64);
 impl Rng {
     pub fn chance(&mut self, p: f64) -> bool {
@@ -77,6 +79,10 @@ pub struct Client {
     pub offer_mlines: usize,
     /// The longest time a received (non-Opus) packet took from its sender's write to here.
     pub max_transit: Duration,
+    /// Set for a client that publishes its video as simulcast layers.
+    pub simulcast: Option<[simulcast::SendLayer; 3]>,
+    /// Simulcast video received, per sender.
+    pub sim_seen: simulcast::Received,
 }
 
 impl Client {
@@ -107,6 +113,8 @@ impl Client {
             answer_sdp: None,
             offer_mlines: 0,
             max_transit: Duration::ZERO,
+            simulcast: None,
+            sim_seen: simulcast::Received::new(),
         }
     }
 
@@ -307,6 +315,23 @@ impl World {
         i
     }
 
+    /// Joins publishing its video as three simulcast layers (see [`simulcast`]).
+    pub fn join_simulcast(&mut self, name: &str, media: &[MediaKind]) -> usize {
+        let index = self.clients.len() as u8;
+        let mut c = Client::new(index, name, self.now);
+        let mut layers = [simulcast::SendLayer::default(); 3];
+        for (i, l) in layers.iter_mut().enumerate() {
+            // Far apart, so a stream forwarded without rewriting would show it.
+            l.picture_id = 10_000 * i as u16;
+            l.key_due = true;
+        }
+        c.simulcast = Some(layers);
+        self.clients.push(c);
+        let i = self.clients.len() - 1;
+        self.offer(i, media, true);
+        i
+    }
+
     /// Joins over ICE-TCP: the client's only candidate is an active TCP one, so its media
     /// reaches the server's passive TCP candidate (the world needs `advertised_tcp`).
     pub fn join_tcp(&mut self, name: &str, media: &[MediaKind]) -> usize {
@@ -347,7 +372,8 @@ impl World {
         let mut api = c.rtc.sdp_api();
         let mut mids = Vec::new();
         for &k in media {
-            mids.push((api.add_media(k, Direction::SendOnly, None, None, None), k));
+            let layers = (k == MediaKind::Video && c.simulcast.is_some()).then(simulcast::layers);
+            mids.push((api.add_media(k, Direction::SendOnly, None, None, layers), k));
         }
         let (offer, pending) = api.apply().expect("an offer");
         c.send = mids;
@@ -436,8 +462,15 @@ impl World {
                     let c = &mut self.clients[i];
                     match e {
                         Event::RtpPacket(p) => {
-                            let sender = p.payload[0];
-                            let kind = p.payload[1];
+                            let (mut sender, mut kind) = (p.payload[0], p.payload[1]);
+                            if let Some((s, layer, key, pid)) = simulcast::parse(&p.payload) {
+                                (sender, kind) = (s, 1);
+                                let now = self.now;
+                                c.sim_seen
+                                    .entry(s)
+                                    .or_default()
+                                    .on_packet(layer, key, pid, now);
+                            }
                             if matches!(p.payload.len(), 80 | 900) && p.payload[18] == TRANSIT_MARK
                             {
                                 let mut ns = [0u8; 8];
@@ -456,7 +489,14 @@ impl World {
                                 *last = seq;
                             }
                         }
-                        Event::KeyframeRequest(_) => c.keyframe_requests += 1,
+                        Event::KeyframeRequest(r) => {
+                            c.keyframe_requests += 1;
+                            if let (Some(layers), Some(i)) =
+                                (c.simulcast.as_mut(), r.rid.and_then(simulcast::layer_index))
+                            {
+                                layers[i].key_due = true;
+                            }
+                        }
                         Event::MediaAdded(m) if m.direction.is_receiving() => {
                             c.recv_mids.push(m.mid)
                         }
@@ -580,6 +620,10 @@ impl World {
                 .collect();
             for (mid, k) in tracks {
                 if k != kind {
+                    continue;
+                }
+                if kind == MediaKind::Video && c.simulcast.is_some() {
+                    simulcast_frame(c, mid, pt, self.now);
                     continue;
                 }
                 let seq = c.seq.entry(mid).or_insert(0);
@@ -741,6 +785,35 @@ impl World {
             c.sending = false;
         }
         self.run(Duration::from_millis(500));
+    }
+}
+
+/// Writes one frame of every simulcast layer of client `c`'s video track `mid`.
+fn simulcast_frame(c: &mut Client, mid: Mid, pt: str0m::media::Pt, now: Instant) {
+    let index = c.index;
+    let Some(layers) = c.simulcast.as_mut() else {
+        return;
+    };
+    for (i, (rid, _)) in simulcast::LAYERS.iter().enumerate() {
+        let l = &mut layers[i];
+        l.seq += 1;
+        l.picture_id = (l.picture_id + 1) % (1 << 15);
+        let key = std::mem::take(&mut l.key_due);
+        l.keyframes += u64::from(key);
+        let payload = simulcast::payload(index, i, l.seq, l.picture_id, key);
+        let ts = (l.seq * 3000) as u32;
+        if let Some(tx) = c
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, Some((*rid).into()))
+        {
+            tx.write_rtp(
+                RtpWrite::new(pt, l.seq.into(), ts, now, payload)
+                    .marker(true)
+                    .nackable(true),
+            );
+            c.sent[1] += 1;
+        }
     }
 }
 

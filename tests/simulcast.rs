@@ -1,0 +1,129 @@
+//! Deterministic tests of simulcast forwarding (issue 15) on the virtual clock of `netsim`: a
+//! publisher sends three RID layers; each subscriber receives exactly one, the one it asked
+//! for (`subscribe` high / low / off), switched only at a keyframe of the new layer, with the
+//! sequence numbers and VP8 picture ids it sees continuous through every switch.
+
+use std::time::Duration;
+
+use sfu::media::Command;
+use sfu::media::simulcast::VideoChoice;
+use sfu_suite::netsim::{CALL, World};
+use str0m::media::MediaKind;
+
+const AV: [MediaKind; 2] = [MediaKind::Audio, MediaKind::Video];
+
+fn choose(w: &mut World, user: &str, publisher: &str, video: VideoChoice) {
+    w.command(Command::Subscribe {
+        call_id: CALL.into(),
+        user: user.into(),
+        publisher: publisher.into(),
+        video,
+    });
+}
+
+/// Asserts what every receiver saw of sender 0 so far: switches on keyframes only, picture
+/// ids and sequence numbers continuous.
+fn assert_seamless(w: &World) {
+    for c in &w.clients[1..] {
+        let Some(seen) = c.sim_seen.get(&0) else {
+            continue;
+        };
+        assert_eq!(
+            seen.switches_off_keyframe, 0,
+            "{}: {:?}",
+            c.name, seen.switches
+        );
+        assert_eq!(seen.picture_id_breaks, 0, "{}: picture ids jump", c.name);
+        assert_eq!(
+            c.gaps.get(&(0, 1)).copied().unwrap_or(0),
+            0,
+            "{}: sequence numbers jump",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn each_subscriber_gets_the_layer_it_asks_for_switched_at_keyframes() {
+    let mut w = World::new();
+    let alice = w.join_simulcast("alice", &AV);
+    let bob = w.join("bob", &AV);
+    let carol = w.join("carol", &AV);
+    w.run(Duration::from_secs(3));
+    // By default, the high layer (ranked by bitrate: "h").
+    for r in [bob, carol] {
+        let seen = &w.clients[r].sim_seen[&0];
+        assert_eq!(
+            seen.layer(),
+            Some(2),
+            "{}: {:?}",
+            w.clients[r].name,
+            seen.switches
+        );
+        assert!(seen.per_layer[2] > 40, "{:?}", seen.per_layer);
+    }
+    assert_seamless(&w);
+    assert_eq!(
+        w.clients[alice].from(1, MediaKind::Video) > 40,
+        true,
+        "bob's video"
+    );
+
+    // carol asks for the low layer: she is on it within a second, bob stays high.
+    choose(&mut w, "carol", "alice", VideoChoice::Low);
+    let t = w.now;
+    w.run(Duration::from_secs(2));
+    let seen = &w.clients[carol].sim_seen[&0];
+    assert_eq!(seen.layer(), Some(0));
+    let (at, _) = *seen.switches.last().unwrap();
+    assert!(
+        at - t < Duration::from_secs(1),
+        "switched {:?} after asking",
+        at - t
+    );
+    assert!(
+        seen.longest_gap < Duration::from_millis(500),
+        "no freeze: {:?}",
+        seen.longest_gap
+    );
+    assert_eq!(w.clients[bob].sim_seen[&0].layer(), Some(2));
+    assert_seamless(&w);
+
+    // Off: nothing of alice's video for carol (bob's still comes); then high again.
+    choose(&mut w, "carol", "alice", VideoChoice::Off);
+    w.run(Duration::from_millis(500));
+    let before = w.clients[carol].from(0, MediaKind::Video);
+    let bob_video = w.clients[carol].from(1, MediaKind::Video);
+    w.run(Duration::from_secs(2));
+    assert_eq!(w.clients[carol].from(0, MediaKind::Video), before, "off");
+    assert!(w.clients[carol].from(1, MediaKind::Video) > bob_video + 40);
+    assert!(
+        w.clients[carol].from(0, MediaKind::Audio) > 0,
+        "audio is not video"
+    );
+    choose(&mut w, "carol", "alice", VideoChoice::High);
+    w.run(Duration::from_secs(2));
+    assert_eq!(w.clients[carol].sim_seen[&0].layer(), Some(2));
+    assert!(w.clients[carol].from(0, MediaKind::Video) > before + 30);
+    assert_seamless(&w);
+    assert!(w.server.counters().layer_switches >= 3);
+}
+
+#[test]
+fn a_choice_outlives_the_subscribers_reconnect() {
+    let mut w = World::new();
+    w.join_simulcast("alice", &AV);
+    let bob = w.join("bob", &AV);
+    w.run(Duration::from_secs(2));
+    choose(&mut w, "bob", "alice", VideoChoice::Low);
+    w.run(Duration::from_secs(1));
+    assert_eq!(w.clients[bob].sim_seen[&0].layer(), Some(0));
+    w.reconnect(bob, &AV, true);
+    w.run(Duration::from_secs(2));
+    let seen = &w.clients[bob].sim_seen[&0];
+    assert_eq!(seen.layer(), Some(0), "still low: {:?}", seen.switches);
+    assert_eq!(
+        seen.per_layer[2] as f64 / (seen.per_layer[0] as f64) < 1.0,
+        true
+    );
+}
