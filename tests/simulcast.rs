@@ -63,9 +63,8 @@ fn each_subscriber_gets_the_layer_it_asks_for_switched_at_keyframes() {
         assert!(seen.per_layer[2] > 40, "{:?}", seen.per_layer);
     }
     assert_seamless(&w);
-    assert_eq!(
+    assert!(
         w.clients[alice].from(1, MediaKind::Video) > 40,
-        true,
         "bob's video"
     );
 
@@ -122,8 +121,5 @@ fn a_choice_outlives_the_subscribers_reconnect() {
     w.run(Duration::from_secs(2));
     let seen = &w.clients[bob].sim_seen[&0];
     assert_eq!(seen.layer(), Some(0), "still low: {:?}", seen.switches);
-    assert_eq!(
-        seen.per_layer[2] as f64 / (seen.per_layer[0] as f64) < 1.0,
-        true
-    );
+    assert!(seen.per_layer[2] < seen.per_layer[0]);
 }
