@@ -1,7 +1,9 @@
 //! The browser demo in real Chromium (Debian's `chromium`, driven by playwright-core from
 //! tests/browser/demo.mjs; both installed by scripts/setup.sh): 1v1 audio+video between two
-//! browser contexts and a group of three through the real server. Proves interoperability
-//! with libwebrtc. Screenshots land in target/browser-artifacts/.
+//! browser contexts and a group of three through the real server, where alice publishes
+//! simulcast and carol asks for her low layer, off, then high (getStats frame widths: 320 and
+//! 640 px). Proves interoperability with libwebrtc. Screenshots land in
+//! target/browser-artifacts/.
 
 mod common;
 

@@ -138,7 +138,18 @@ async function connectMedia() {
   if (relay && state.iceServers.length === 0) status("Relay only, but the server hands out no TURN servers (--turn-url)");
   const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: relay ? "relay" : "all" });
   call.pc = pc;
-  for (const track of local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
+  for (const track of local.getTracks()) {
+    const init = { direction: "sendonly", streams: [local] };
+    // Video as two simulcast layers (lowest first): the server forwards each viewer the one
+    // it asks for (the tile's high / low / off) and its downlink carries.
+    if (track.kind === "video") {
+      init.sendEncodings = [
+        { rid: "l", scaleResolutionDownBy: 2, maxBitrate: 200_000 },
+        { rid: "h", maxBitrate: 1_200_000 },
+      ];
+    }
+    pc.addTransceiver(track, init);
+  }
   pc.ontrack = (e) => {
     const user = e.streams[0]?.id;
     if (!user) return;
@@ -258,8 +269,12 @@ function tileFor(user) {
       <span class="meter" data-testid="meter-${user}"><div></div></span>
       <span class="badge audio" data-testid="audio-${user}">mic</span>
       <span class="badge video" data-testid="video-${user}">cam</span>
-      <span class="badge quality" data-testid="quality-${user}"></span></figcaption>`;
+      <span class="badge quality" data-testid="quality-${user}"></span>
+      <select class="view" data-testid="view-${user}" title="Which of their video you receive">
+        <option value="high">high</option><option value="low">low</option><option value="off">off</option>
+      </select></figcaption>`;
   fig.querySelector(".name").textContent = user;
+  fig.querySelector("select.view").addEventListener("change", (e) => subscribe(user, e.target.value));
   $("tiles").append(fig);
   t = {
     fig,
@@ -272,6 +287,15 @@ function tileFor(user) {
   };
   state.tiles.set(user, t);
   return t;
+}
+
+// TRTC's startRemoteView big / small stream, or stopRemoteView: kept by the server for the call.
+async function subscribe(user, video) {
+  const call = state.call;
+  if (!call) return;
+  const select = state.tiles.get(user)?.fig.querySelector("select.view");
+  if (select) select.value = video;
+  await state.sig.request("subscribe", { call_id: call.id, user, video });
 }
 
 function removeTile(user) {
@@ -430,4 +454,19 @@ window.sfuDemo = {
     return { local: local?.candidateType, remote: remote?.candidateType, protocol: remote?.protocol, relayProtocol: local?.relayProtocol };
   },
   meter: (user) => parseFloat(state.tiles.get(user)?.meter.style.width || "0"),
+  subscribe: (user, video) => subscribe(user, video),
+  // `user`'s video as received: its width now and bytes so far (the server names a forwarded
+  // track `<user>-video`).
+  videoFrom: async (user) => {
+    const pc = state.call?.pc;
+    const out = { width: 0, bytes: 0 };
+    if (!pc) return out;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video" && s.trackIdentifier === `${user}-video`) {
+        out.width = s.frameWidth || 0;
+        out.bytes = s.bytesReceived || 0;
+      }
+    });
+    return out;
+  },
 };

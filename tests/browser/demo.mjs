@@ -2,7 +2,8 @@
 // a 1v1 audio+video call between two browser contexts and a group call of three. Asserts,
 // through RTCPeerConnection.getStats(), that inbound audio and video bytes grow on every side,
 // that the speaking peers' volume meters move, that quality badges appear, and that hanging
-// up returns every page to idle. Saves a screenshot of an active call.
+// up returns every page to idle. Saves a screenshot of an active call. In the group call alice
+// publishes simulcast and carol picks low, off, then high again for her video (frame widths).
 //
 // MODE `tcp` or `relay` runs a 1v1 video call only and checks the path it took (getStats's
 // selected candidate pair): over TCP to the server (the test drops UDP to it), or from a
@@ -124,6 +125,36 @@ async function qualityBadges(members) {
   }
 }
 
+const videoFrom = (m, user) => m.page.evaluate((u) => window.sfuDemo.videoFrom(u), user);
+
+/** alice publishes simulcast: bob keeps high, carol asks for low, then off, then high again. */
+async function simulcastChoices(alice, bob, carol) {
+  const high = await until("bob receives alice's high layer", async () => {
+    const v = await videoFrom(bob, "alice");
+    return v.width >= 600 ? v : null;
+  });
+  check(true, `bob: alice's video ${high.width} px wide (high, the default)`);
+  await carol.page.evaluate(() => window.sfuDemo.subscribe("alice", "low"));
+  const low = await until("carol receives alice's low layer", async () => {
+    const v = await videoFrom(carol, "alice");
+    return v.width > 0 && v.width <= high.width / 2 ? v : null;
+  });
+  check(true, `carol: alice's video ${low.width} px wide after subscribe low`);
+  check((await videoFrom(bob, "alice")).width >= 600, "bob still gets the high layer");
+  await carol.page.evaluate(() => window.sfuDemo.subscribe("alice", "off"));
+  await new Promise((r) => setTimeout(r, 1500));
+  const off1 = await videoFrom(carol, "alice");
+  await new Promise((r) => setTimeout(r, 2000));
+  const off2 = await videoFrom(carol, "alice");
+  check(off2.bytes === off1.bytes, `carol: no video of alice while off (${off1.bytes} -> ${off2.bytes} bytes)`);
+  await carol.page.evaluate(() => window.sfuDemo.subscribe("alice", "high"));
+  const back = await until("carol receives alice's high layer again", async () => {
+    const v = await videoFrom(carol, "alice");
+    return v.width >= 600 && v.bytes > off2.bytes ? v : null;
+  });
+  check(true, `carol: alice's video ${back.width} px wide after subscribe high`);
+}
+
 async function allIdle(members) {
   for (const m of members) {
     await until(`${m.user} back to idle`, () =>
@@ -175,6 +206,7 @@ async function everything() {
   await mediaFlows([alice, bob, carol], true);
   await metersMove([alice, bob, carol]);
   await alice.page.screenshot({ path: `${artifacts}/call-group.png`, fullPage: true });
+  await simulcastChoices(alice, bob, carol);
   for (const m of [alice, bob, carol]) await m.page.click("#hangup").catch(() => {});
   await allIdle([alice, bob, carol]);
 }
