@@ -47,4 +47,8 @@ async fn demo_calls_work_in_chromium() {
     assert!(stdout.contains("all browser checks passed"));
     assert!(artifacts.join("call-1v1.png").is_file(), "screenshot saved");
     assert!(artifacts.join("call-group.png").is_file());
+    assert!(
+        s.metric("sfu_simulcast_layer_switches_total").await >= 3.0,
+        "carol's low, off and high were layer switches"
+    );
 }

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub rtp_packets: IntCounterVec,
     pub rtp_bytes: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
+    pub layer_switches: IntCounter,
     pub nacks_received: IntCounter,
     pub datagrams_dropped: IntCounterVec,
     pub limits_hit: IntCounterVec,
@@ -217,6 +218,10 @@ impl Metrics {
                 "Keyframe requests (PLI/FIR) received from subscribers and sent to publishers after merging.",
                 &["direction"],
             ),
+            layer_switches: plain_counter(
+                "sfu_simulcast_layer_switches_total",
+                "Simulcast layer switches made for subscribers (each at a keyframe of the new layer): a subscriber's choice, or what its downlink carries, changed.",
+            ),
             nacks_received: plain_counter(
                 "sfu_nacks_received_total",
                 "NACKs received from subscribers (answered with RTX from the send cache).",
@@ -228,7 +233,7 @@ impl Metrics {
             ),
             limits_hit: counter(
                 "sfu_media_limits_hit_total",
-                "Per-member media caps that refused something, by limit (tracks: a published track over --max-tracks-per-kind; candidates: over --max-peer-candidates; addresses: a new source address refused, --max-peer-addresses active ones fill the list; opus_decode: an Opus packet not decoded, over --opus-decode-budget).",
+                "Per-member media caps that refused something, by limit (tracks: a published track over --max-tracks-per-kind; candidates: over --max-peer-candidates; addresses: a new source address refused, --max-peer-addresses active ones fill the list; opus_decode: an Opus packet not decoded, over --opus-decode-budget; simulcast_layers: a packet of a fourth simulcast layer, not forwarded).",
                 &["limit"],
             ),
             queue_dropped: counter(
@@ -385,7 +390,13 @@ impl Metrics {
         for queue in ["worker_commands", "media_events", "cdr"] {
             self.queue_dropped.with_label_values(&[queue]);
         }
-        for limit in ["tracks", "candidates", "addresses", "opus_decode"] {
+        for limit in [
+            "tracks",
+            "candidates",
+            "addresses",
+            "opus_decode",
+            "simulcast_layers",
+        ] {
             self.limits_hit.with_label_values(&[limit]);
         }
         for direction in ["up", "down"] {

@@ -487,6 +487,7 @@ impl Worker {
             .with_label_values(&["sent"])
             .inc_by(c.keyframe_requests_out - f.keyframe_requests_out);
         m.nacks_received.inc_by(c.nacks_in - f.nacks_in);
+        m.layer_switches.inc_by(c.layer_switches - f.layer_switches);
         m.peer_failures
             .with_label_values(&["ice"])
             .inc_by(c.ice_failures - f.ice_failures);
@@ -511,6 +512,7 @@ impl Worker {
             ("candidates", c.candidates_refused, f.candidates_refused),
             ("addresses", c.addresses_refused, f.addresses_refused),
             ("opus_decode", c.decodes_skipped, f.decodes_skipped),
+            ("simulcast_layers", c.layers_refused, f.layers_refused),
         ] {
             m.limits_hit.with_label_values(&[limit]).inc_by(now - then);
         }
