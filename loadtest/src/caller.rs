@@ -22,6 +22,7 @@ use crate::impair::{Impairer, Impairment};
 use crate::leg::open_leg;
 use crate::report::CallerResult;
 use crate::signal::Signal;
+use crate::video::{VideoSeen, VideoSender};
 
 /// What a callee does when invited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,10 @@ pub struct Plan {
     pub frames: Arc<Vec<Frame>>,
     /// Killed this far into its talk time (0..1): sockets dropped, no hangup, never back.
     pub kill_at: Option<f64>,
+    /// What this caller asks of every other member's video (`subscribe`), if not the default.
+    pub view: Option<&'static str>,
+    /// An emulated downlink capacity, kbit/s.
+    pub downlink_kbps: Option<u32>,
 }
 
 /// Settings shared by every caller of a run.
@@ -68,6 +73,8 @@ pub struct Shared {
     pub video: bool,
     /// Media over ICE-TCP instead of UDP.
     pub tcp: bool,
+    /// Video layers each publisher sends (1: no simulcast).
+    pub simulcast: usize,
     /// Media time once connected.
     pub talk_for: Duration,
     /// How long a caller waits for an answer before giving up, and a callee for an invite.
@@ -207,6 +214,9 @@ async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow
     Ok(())
 }
 
+/// Time from the first media after which what a caller asked (`subscribe`) has taken effect.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// What one receiver tracks of one incoming stream.
 struct Incoming {
     kind: MediaKind,
@@ -215,13 +225,9 @@ struct Incoming {
     received: u64,
     jitter: Jitter,
     tone: Option<ToneDetector>,
-    /// A video stream's sender, by the tone slot its payloads carry.
-    video_from: Option<usize>,
+    /// Of a video stream: whose it is, its layers, freezes, bytes.
+    video: VideoSeen,
 }
-
-/// Third byte of every video payload: this plus the sender's slot (the SFU never rewrites
-/// payloads), so a receiver knows whose video it sees.
-const VIDEO_MARK: u8 = 0xa0;
 
 /// How a media session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -245,6 +251,16 @@ async fn media(
     let (mut rtc, mut socket, mut local, mut audio_mid, mut video_mid) =
         open_leg(shared, sig, call_id).await?;
     let mut legs = 1u32;
+    if let Some(video) = plan.view.filter(|_| shared.video) {
+        for (peer, _) in &plan.expected {
+            sig.send(
+                "subscribe",
+                json!({"call_id": call_id, "user": peer, "video": video}),
+            )
+            .await?;
+        }
+    }
+    let mut downlink = plan.downlink_kbps.map(crate::impair::Downlink::new);
     // Only this call's slots can be heard (another call's tones are the same slots), so
     // only they are looked for: 2 Goertzels a packet in a 1v1 call instead of 16.
     let call_slots = (plan.expected.iter().map(|(_, s)| *s))
@@ -260,12 +276,10 @@ async fn media(
     let mut talk_end: Option<tokio::time::Instant> = None;
     let mut ended = false;
     let mut seq_a = 0u64;
-    let mut seq_v = 0u64;
+    let mut sender = VideoSender::new(shared.simulcast, plan.slot);
     let mut frame_i = 0usize;
     let mut next_audio = tokio::time::Instant::now();
     let mut next_video = next_audio;
-    let mut keyframe_due = true;
-    let mut last_keyframe = Instant::now();
     let mut buf = vec![0u8; 2048];
     let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut mute = Toggle::new(shared.mute_every);
@@ -327,14 +341,13 @@ async fn media(
                             tone: (kind == MediaKind::Audio)
                                 .then(|| ToneDetector::new(call_slots).ok())
                                 .flatten(),
-                            video_from: None,
+                            video: VideoSeen::default(),
                         });
-                        if kind == MediaKind::Video
-                            && s.video_from.is_none()
-                            && let Some(b) = p.payload.get(2)
-                            && (VIDEO_MARK..VIDEO_MARK + 16).contains(b)
-                        {
-                            s.video_from = Some(usize::from(b - VIDEO_MARK));
+                        if kind == MediaKind::Video {
+                            // Two seconds in, a `subscribe` sent at the start took effect.
+                            let settled = first_media
+                                .is_some_and(|t| now.saturating_duration_since(t) > SETTLE);
+                            s.video.on_packet(&p.payload, now, shared.epoch, settled);
                         }
                         s.received += 1;
                         if *p.seq_no > s.highest {
@@ -356,7 +369,7 @@ async fn media(
                             }
                         }
                     }
-                    Output::Event(Event::KeyframeRequest(_)) => keyframe_due = true,
+                    Output::Event(Event::KeyframeRequest(k)) => sender.keyframe_requested(k.rid),
                     Output::Event(_) => {}
                 }
             }
@@ -403,6 +416,7 @@ async fn media(
         tokio::select! {
             res = socket.recv_now(&mut buf) => {
                 if let Ok((n, source)) = res
+                    && downlink.as_mut().is_none_or(|d| d.admit(n, Instant::now()))
                     && let Ok(contents) = buf[..n].try_into()
                 {
                     str0m_now = Instant::now();
@@ -463,6 +477,9 @@ async fn media(
         // A polled socket: what came since the last wake, each at its arrival time.
         while let Some((n, source, arrived)) = socket.poll(&mut buf, str0m_now) {
             str0m_now = arrived;
+            if downlink.as_mut().is_some_and(|d| !d.admit(n, arrived)) {
+                continue;
+            }
             if let Ok(contents) = buf[..n].try_into() {
                 let input = Input::Receive(
                     arrived,
@@ -535,7 +552,7 @@ async fn media(
             retired.extend(streams.drain().map(|(_, s)| s));
             legs += 1;
             leg_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            keyframe_due = true;
+            sender.restart();
             drain!();
             continue;
         }
@@ -574,26 +591,16 @@ async fn media(
             && now >= next_video
         {
             next_video += Duration::from_millis(33);
-            seq_v += 1;
-            if last_keyframe.elapsed() >= Duration::from_secs(3) {
-                keyframe_due = true;
-            }
-            let key = std::mem::take(&mut keyframe_due);
-            if key {
-                last_keyframe = Instant::now();
-            }
-            // VP8 payload descriptor (S=1, partition 0) + a frame tag whose P bit says keyframe.
-            let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
-            payload.push(VIDEO_MARK + plan.slot as u8);
-            payload.resize(if key { 1100 } else { 600 }, 0x5a);
             let pt = vp8_pt(&rtc);
             let ts = rtp_ts(shared.epoch, now_std, 90);
-            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
-                tx.write_rtp(
-                    RtpWrite::new(pt.into(), seq_v.into(), ts, now_std, payload)
-                        .marker(true)
-                        .nackable(true),
-                );
+            for f in sender.frames(now_std) {
+                if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, f.rid) {
+                    tx.write_rtp(
+                        RtpWrite::new(pt.into(), f.seq.into(), ts, now_std, f.payload)
+                            .marker(true)
+                            .nackable(true),
+                    );
+                }
             }
             drain!();
         }
@@ -639,13 +646,41 @@ async fn media(
         ));
     }
     if shared.video {
-        // Exactly the expected peers' video, never our own.
-        let seen: BTreeSet<usize> = all.iter().filter_map(|s| s.video_from).collect();
+        // Exactly the expected peers' video (none with view off), never our own; with view
+        // low, their lowest layer.
+        let seen: BTreeSet<usize> = all.iter().filter_map(|s| s.video.from).collect();
         if seen.contains(&plan.slot) {
             r.verification_failures.push("saw its own video".into());
         }
+        let name = |slot: usize| {
+            plan.expected
+                .iter()
+                .find(|(_, s)| *s == slot)
+                .map_or_else(|| format!("slot {slot}"), |(p, _)| p.clone())
+        };
+        for s in &all {
+            let (Some(from), Some(layer)) = (s.video.from, s.video.layer) else {
+                continue;
+            };
+            r.video_freezes += s.video.freezes;
+            r.video_bytes += s.video.bytes;
+            r.video_layers.push((name(from), s.video.layers.clone()));
+            match plan.view {
+                Some("off") if s.video.settled_packets > 0 => r
+                    .verification_failures
+                    .push(format!("received {}'s video after asking off", name(from))),
+                Some("low") if shared.simulcast > 1 && layer != 0 => r.verification_failures.push(
+                    format!("{}'s video on layer {layer}, asked low", name(from)),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(t) = first_media {
+            let secs = t.elapsed().as_secs_f64().max(0.001);
+            r.video_kbps = r.video_bytes as f64 * 8.0 / secs / 1000.0;
+        }
         for (peer, slot) in &plan.expected {
-            if !seen.contains(slot) {
+            if !seen.contains(slot) && plan.view != Some("off") {
                 r.verification_failures
                     .push(format!("did not see {peer}'s video"));
             }

@@ -165,3 +165,60 @@ mod tests {
         assert!(imp.due(t0 + Duration::from_millis(71)).is_some());
     }
 }
+
+/// An emulated downlink bottleneck: a token bucket of `kbps` holding 100 ms of it; what comes
+/// in beyond it is dropped (as a saturated access link's queue would).
+pub struct Downlink {
+    bytes_per_s: f64,
+    depth: f64,
+    tokens: f64,
+    last: Option<Instant>,
+    pub dropped: u64,
+}
+
+impl Downlink {
+    pub fn new(kbps: u32) -> Self {
+        let bytes_per_s = f64::from(kbps) * 1000.0 / 8.0;
+        Self {
+            bytes_per_s,
+            depth: bytes_per_s / 10.0,
+            tokens: bytes_per_s / 10.0,
+            last: None,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a datagram of `len` bytes arriving at `now` gets through.
+    pub fn admit(&mut self, len: usize, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.bytes_per_s).min(self.depth);
+        }
+        self.last = Some(now);
+        if self.tokens >= len as f64 {
+            self.tokens -= len as f64;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod downlink_tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_downlink_passes_its_rate_and_drops_the_rest() {
+        let t = Instant::now();
+        let mut d = Downlink::new(300);
+        // 1,000 bytes every 10 ms (800 kbit/s) for 10 s.
+        let passed = (0..1000u64)
+            .filter(|i| d.admit(1000, t + Duration::from_millis(i * 10)))
+            .count();
+        let kbps = passed as f64 * 8.0 / 10.0;
+        assert!((290.0..=310.0).contains(&kbps), "{kbps} kbit/s");
+        assert!(d.dropped > 600);
+    }
+}

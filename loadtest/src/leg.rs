@@ -205,9 +205,10 @@ pub async fn open_leg(
     };
     let mut api = rtc.sdp_api();
     let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video_mid: Option<Mid> = shared
-        .video
-        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let video_mid: Option<Mid> = shared.video.then(|| {
+        let layers = crate::video::simulcast(shared.simulcast);
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers)
+    });
     let (offer, pending) = api
         .apply()
         .ok_or_else(|| anyhow::anyhow!("offer: nothing to offer"))?;

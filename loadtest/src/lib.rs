@@ -16,6 +16,7 @@ pub mod leg;
 pub mod plan;
 pub mod report;
 pub mod signal;
+pub mod video;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,23 @@ pub enum TransportArg {
     /// ICE-TCP to the server's passive `tcp` candidate (RFC 6544), as a client whose network
     /// blocks UDP.
     Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ViewArg {
+    High,
+    Low,
+    Off,
+}
+
+impl ViewArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewArg::High => "high",
+            ViewArg::Low => "low",
+            ViewArg::Off => "off",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,6 +131,23 @@ pub struct Args {
     pub group_size: usize,
     #[arg(long, value_enum, default_value = "audio")]
     pub media: MediaArg,
+    /// Video layers each publisher sends: 1 (one stream), or 2-3 simulcast layers of distinct
+    /// sizes (the server forwards each receiver one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub simulcast: u8,
+    /// Which of every other member's video callers ask for (`subscribe`): high, low or off.
+    #[arg(long, value_enum, default_value = "high")]
+    pub view: ViewArg,
+    /// Share of callers that make the `--view` choice (the others keep high).
+    #[arg(long, default_value_t = 1.0, value_parser = share)]
+    pub view_share: f64,
+    /// Emulated downlink capacity (kbit/s) of `--capped` callers: what arrives beyond it is
+    /// dropped as a bottleneck would.
+    #[arg(long, value_name = "KBPS")]
+    pub downlink_kbps: Option<u32>,
+    /// Callers whose downlink is capped (the last callee of the first calls).
+    #[arg(long, default_value_t = 1)]
+    pub capped: usize,
     /// Media over UDP, or over ICE-TCP (checks that clients behind UDP-blocking firewalls
     /// connect; the server must run with ICE-TCP on, its default).
     #[arg(long, value_enum, default_value = "udp")]
@@ -196,6 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         urls: args.urls.clone(),
         video: args.media == MediaArg::Video,
         tcp: args.transport == TransportArg::Tcp,
+        simulcast: usize::from(args.simulcast),
         talk_for: args.duration,
         wait: args.duration + Duration::from_secs(40),
         impairment: Impairment {

@@ -164,6 +164,8 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     }),
                     frames: loops[0].clone(),
                     kill_at: None,
+                    view: None,
+                    downlink_kbps: None,
                 });
                 plans.push(Plan {
                     user: b,
@@ -174,6 +176,8 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     expected: phantom(if connects { vec![(a, 0)] } else { vec![] }),
                     frames: loops[1].clone(),
                     kill_at: kill_for(i, args.kill).filter(|_| connects),
+                    view: None,
+                    downlink_kbps: None,
                 });
             }
             if busy > 0 && targets.is_empty() {
@@ -196,6 +200,8 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                     expected: vec![],
                     frames: loops[0].clone(),
                     kill_at: None,
+                    view: None,
+                    downlink_kbps: None,
                 });
             }
         }
@@ -249,12 +255,48 @@ pub fn plan(args: &Args) -> anyhow::Result<Vec<Plan>> {
                         expected: phantom(expect),
                         frames: loops[m].clone(),
                         kill_at: kill_at.filter(|_| victim == Some(m)),
+                        view: None,
+                        downlink_kbps: None,
                     });
                 }
             }
         }
     }
+    choose_views_and_caps(args, &mut plans);
     Ok(plans)
+}
+
+/// `--view` for a `--view-share` of the callers (spread evenly), and `--downlink-kbps` for
+/// `--capped` callees who answer: the callee of the first calls, or the last member of the
+/// first rooms.
+fn choose_views_and_caps(args: &Args, plans: &mut [Plan]) {
+    if args.view != crate::ViewArg::High {
+        for (k, p) in plans.iter_mut().enumerate() {
+            if ((k + 1) as f64 * args.view_share).floor() > (k as f64 * args.view_share).floor() {
+                p.view = Some(args.view.as_str());
+            }
+        }
+    }
+    let Some(kbps) = args.downlink_kbps else {
+        return;
+    };
+    let last_slot = match args.scenario {
+        Scenario::OneToOne => 1,
+        Scenario::Group => args.group_size - 1,
+    };
+    plans
+        .iter_mut()
+        .filter(|p| {
+            p.slot == last_slot
+                && matches!(
+                    p.role,
+                    Role::Callee {
+                        answer: Answer::Accept
+                    }
+                )
+        })
+        .take(args.capped)
+        .for_each(|p| p.downlink_kbps = Some(kbps));
 }
 
 #[cfg(test)]
@@ -358,6 +400,42 @@ mod tests {
         let nodes: Vec<usize> = p.iter().map(|x| x.node).collect();
         assert_eq!(nodes, vec![0, 1, 2, 0]);
         assert!(plan(&Args::parse_from(["loadtest", "--url", "http://a"])).is_err());
+    }
+
+    #[test]
+    fn views_and_downlink_caps_go_where_asked() {
+        let p = plan(&Args::parse_from([
+            "loadtest",
+            "--scenario",
+            "group",
+            "--group-size",
+            "3",
+            "--calls",
+            "2",
+            "--view",
+            "low",
+            "--view-share",
+            "0.5",
+            "--downlink-kbps",
+            "300",
+        ]))
+        .unwrap();
+        assert_eq!(p.iter().filter(|x| x.view == Some("low")).count(), 3);
+        let capped: Vec<&str> = p
+            .iter()
+            .filter(|x| x.downlink_kbps == Some(300))
+            .map(|x| x.user.as_str())
+            .collect();
+        assert_eq!(
+            capped,
+            ["lt-g0-2"],
+            "one, the last member of the first room"
+        );
+        let p = plan(&Args::parse_from(["loadtest", "--calls", "2"])).unwrap();
+        assert!(
+            p.iter()
+                .all(|x| x.view.is_none() && x.downlink_kbps.is_none())
+        );
     }
 
     #[test]

@@ -35,6 +35,24 @@ pub struct CallerResult {
     /// Churn: reconnects (new socket, login, new media leg) and re-offers on the same socket.
     pub reconnects: u64,
     pub reoffers: u64,
+    /// Video received: freezes (gaps over 500 ms), bytes, and per sender the layers over time
+    /// (seconds into the run, layer index).
+    pub video_freezes: u64,
+    pub video_bytes: u64,
+    pub video_kbps: f64,
+    pub video_layers: Vec<(String, Vec<(f64, u8)>)>,
+}
+
+/// One receiver's video, in the report.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ReceiverVideo {
+    pub user: String,
+    /// Video payload bit rate received over its media time.
+    pub kbps: f64,
+    /// Gaps over 500 ms in one sender's video.
+    pub freezes: u64,
+    /// Per sender: (seconds into the run, layer) at every change of layer.
+    pub layers: BTreeMap<String, Vec<(f64, u8)>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -125,6 +143,9 @@ pub struct Report {
     pub reconnects: u64,
     pub reoffers: u64,
     pub verification_failures: Vec<String>,
+    /// Video runs: freezes over every receiver, and each receiver's video.
+    pub video_freezes: u64,
+    pub receivers: Vec<ReceiverVideo>,
     /// Per signaling URL (each node of a cluster): its callers, and those whose verification
     /// failed.
     pub by_url: BTreeMap<String, UrlSummary>,
@@ -165,6 +186,15 @@ impl Report {
             }
             for f in &c.verification_failures {
                 r.verification_failures.push(format!("{}: {f}", c.user));
+            }
+            if c.video_bytes > 0 || !c.video_layers.is_empty() {
+                r.video_freezes += c.video_freezes;
+                r.receivers.push(ReceiverVideo {
+                    user: c.user.clone(),
+                    kbps: round(c.video_kbps),
+                    freezes: c.video_freezes,
+                    layers: c.video_layers.iter().cloned().collect(),
+                });
             }
             let u = r.by_url.entry(c.url.clone()).or_default();
             u.callers += 1;
@@ -299,6 +329,16 @@ impl Report {
             "  volume names speakers {:?}\n",
             self.volume_named_speakers
         ));
+        if !self.receivers.is_empty() {
+            let kbps: Vec<f64> = self.receivers.iter().map(|r| r.kbps).collect();
+            let p = Percentiles::of(&kbps);
+            s.push_str(&format!(
+                "  video received     {} freezes (gaps > 500 ms); kbit/s per receiver p50 {} min {}\n",
+                self.video_freezes,
+                opt(p.p50),
+                opt(kbps.iter().copied().reduce(f64::min))
+            ));
+        }
         s.push_str(&format!(
             "  verification       {} failure(s)\n",
             self.verification_failures.len()
