@@ -286,3 +286,79 @@ impl LayerSelector {
 
 #[cfg(test)]
 mod tests;
+
+/// One subscribed simulcast video as the allocator sees it: what the subscriber asked for and
+/// the bitrates of the layers sent now, lowest first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wanted {
+    pub choice: VideoChoice,
+    pub rates: [u64; MAX_LAYERS],
+    pub layers: usize,
+}
+
+impl Wanted {
+    pub fn of(choice: VideoChoice, layers: &Layers, now: Instant) -> Self {
+        let mut w = Wanted {
+            choice,
+            ..Default::default()
+        };
+        for (i, (_, rate)) in layers.active(now).enumerate() {
+            w.rates[i] = rate;
+            w.layers = i + 1;
+        }
+        w
+    }
+
+    /// The bitrate this video would take at what it asked for.
+    pub fn desired(&self) -> u64 {
+        match (self.choice, self.layers) {
+            (VideoChoice::Off, _) | (_, 0) => 0,
+            (VideoChoice::Low, _) => self.rates[0],
+            (VideoChoice::High, n) => self.rates[n - 1],
+        }
+    }
+}
+
+/// Headroom on a layer's measured rate (bursts, keyframes) when it is given as a cap, in %.
+const HEADROOM_PERCENT: u64 = 115;
+
+/// Shares `budget` (bit/s, what the subscriber's downlink carries for simulcast video) among
+/// its videos: first the lowest layer of each, in order, while they fit (the rest are paused);
+/// then each one up toward what it asked for, in order, while the upgrade fits. Returns each
+/// video's cap (bit/s; 0 = paused; `None` = no cap needed, off or nothing sent).
+pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) {
+    caps.clear();
+    let mut left = budget;
+    let mut at: Vec<Option<usize>> = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        if w.choice == VideoChoice::Off || w.layers == 0 {
+            at.push(None);
+        } else if w.rates[0] <= left {
+            left -= w.rates[0];
+            at.push(Some(0));
+        } else {
+            at.push(None);
+            left = 0; // nothing after a paused video jumps ahead of it
+        }
+    }
+    for (w, a) in wanted.iter().zip(at.iter_mut()) {
+        let Some(cur) = a else {
+            continue;
+        };
+        let top = match w.choice {
+            VideoChoice::High => w.layers - 1,
+            _ => 0,
+        };
+        while *cur < top && w.rates[*cur + 1] - w.rates[*cur] <= left {
+            left -= w.rates[*cur + 1] - w.rates[*cur];
+            *cur += 1;
+        }
+    }
+    for (w, a) in wanted.iter().zip(at) {
+        caps.push(match a {
+            _ if w.choice == VideoChoice::Off || w.layers == 0 => None,
+            Some(i) => Some(w.rates[i] * HEADROOM_PERCENT / 100),
+            None => Some(0),
+        });
+    }
+}

@@ -122,3 +122,67 @@ fn switches_land_on_keyframes_of_the_new_layer_only() {
     // Retargeting to the current layer asks for nothing.
     assert_eq!(s.retarget(&l, now), None);
 }
+
+fn wanted(choice: VideoChoice, rates: &[u64]) -> Wanted {
+    let mut w = Wanted {
+        choice,
+        layers: rates.len(),
+        ..Default::default()
+    };
+    w.rates[..rates.len()].copy_from_slice(rates);
+    w
+}
+
+fn caps(budget: u64, w: &[Wanted]) -> Vec<Option<u64>> {
+    let mut c = Vec::new();
+    allocate(budget, w, &mut c);
+    c
+}
+
+#[test]
+fn the_allocator_gives_everyone_low_first_then_upgrades_in_order() {
+    let three = [100, 300, 1000];
+    let w = [
+        wanted(VideoChoice::High, &three),
+        wanted(VideoChoice::High, &three),
+        wanted(VideoChoice::High, &three),
+    ];
+    // Plenty: everyone high (with headroom).
+    assert_eq!(caps(10_000, &w), vec![Some(1150); 3]);
+    // 300: everyone low.
+    assert_eq!(caps(300, &w), vec![Some(115); 3]);
+    // 700: low for all, then the first up to mid (+200) and the second too (+200).
+    assert_eq!(caps(700, &w), vec![Some(345), Some(345), Some(115)]);
+    // 250: two lows fit, the third is paused.
+    assert_eq!(caps(250, &w), vec![Some(115), Some(115), Some(0)]);
+}
+
+#[test]
+fn the_allocator_respects_low_and_off() {
+    let three = [100, 300, 1000];
+    let w = [
+        wanted(VideoChoice::Low, &three),
+        wanted(VideoChoice::Off, &three),
+        wanted(VideoChoice::High, &three),
+        wanted(VideoChoice::High, &[]),
+    ];
+    assert_eq!(caps(10_000, &w), vec![Some(115), None, Some(1150), None]);
+    assert_eq!(w[0].desired() + w[1].desired() + w[2].desired(), 1100);
+    // Too little even for one low layer: paused, and nothing after it jumps ahead.
+    assert_eq!(caps(50, &w), vec![Some(0), None, Some(0), None]);
+}
+
+#[test]
+fn a_cap_from_the_allocator_makes_the_selector_pick_that_layer() {
+    let t0 = Instant::now();
+    let (l, now) = three(t0);
+    let w = Wanted::of(VideoChoice::High, &l, now);
+    assert_eq!(w.layers, 3);
+    let c = caps(w.rates[0] + (w.rates[1] - w.rates[0]) + 1, &[w]);
+    let mut s = LayerSelector::default();
+    s.set_cap(c[0]);
+    assert_eq!(s.retarget(&l, now), Some(rid("h")), "the middle-rate layer is named h");
+    s.set_cap(Some(0));
+    assert_eq!(s.retarget(&l, now), None);
+    assert!(s.paused());
+}
