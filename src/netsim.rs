@@ -165,6 +165,41 @@ impl Ord for Packet {
     }
 }
 
+/// A link of `bps` with a drop-tail queue of at most `max_queue` of waiting.
+pub struct Bottleneck {
+    pub bps: u64,
+    pub max_queue: Duration,
+    /// When the link is free again.
+    busy_until: Option<Instant>,
+    pub dropped: u64,
+}
+
+impl Bottleneck {
+    pub fn new(kbps: u64) -> Self {
+        Self {
+            bps: kbps * 1000,
+            max_queue: Duration::from_millis(300),
+            busy_until: None,
+            dropped: 0,
+        }
+    }
+
+    /// How long a datagram of `len` bytes sent at `now` waits (its queueing and its own
+    /// serialization), or `None` when the queue is full.
+    fn enqueue(&mut self, now: Instant, len: usize) -> Option<Duration> {
+        // IP and UDP headers count on the wire.
+        let bits = (len as u64 + 28) * 8;
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start - now > self.max_queue {
+            self.dropped += 1;
+            return None;
+        }
+        let done = start + Duration::from_nanos(bits * 1_000_000_000 / self.bps.max(1));
+        self.busy_until = Some(done);
+        Some(done - now)
+    }
+}
+
 pub struct World {
     pub now: Instant,
     pub server: MediaCore,
@@ -178,6 +213,8 @@ pub struct World {
     pub media_loss: HashMap<(SocketAddr, SocketAddr), (f64, Vec<bool>)>,
     /// Uniform extra delay 0..=J per link.
     pub jitter: HashMap<(SocketAddr, SocketAddr), Duration>,
+    /// Capped downlinks: a client's address → its bottleneck (a queue drained at its rate).
+    pub downlink: HashMap<SocketAddr, Bottleneck>,
     pub media_dropped: u64,
     /// What the server reported (volume, quality, availability, failures), and when.
     pub notices: Vec<(Instant, MediaEvent)>,
@@ -216,6 +253,7 @@ impl World {
             loss: HashMap::new(),
             media_loss: HashMap::new(),
             jitter: HashMap::new(),
+            downlink: HashMap::new(),
             media_dropped: 0,
             notices: Vec::new(),
             replies: HashMap::new(),
@@ -270,6 +308,15 @@ impl World {
                 return;
             }
         }
+        // A capped downlink: the packet waits its turn in the bottleneck's queue (delay grows
+        // as it fills, as the estimator expects of a real link), or is dropped when full.
+        let mut queued = Duration::ZERO;
+        if let Some(b) = self.downlink.get_mut(&to) {
+            match b.enqueue(self.now, data.len()) {
+                Some(wait) => queued = wait,
+                None => return,
+            }
+        }
         let extra = match self.jitter.get(&(from, to)) {
             Some(j) if !j.is_zero() => {
                 self.rng.chance(0.5);
@@ -279,7 +326,7 @@ impl World {
         };
         self.net_seq += 1;
         self.net.push(Reverse(Packet {
-            at: self.now + self.delay + extra,
+            at: self.now + self.delay + extra + queued,
             seq: self.net_seq,
             proto: Protocol::Udp,
             from,
@@ -900,5 +947,31 @@ pub fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &
 impl Default for World {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bottleneck_delays_then_drops_what_exceeds_its_rate() {
+        let t = Instant::now();
+        let mut b = Bottleneck::new(300);
+        // 1,000-byte datagrams every 10 ms: about 820 kbit/s into a 300 kbit/s link.
+        let mut waits = Vec::new();
+        for i in 0..200u64 {
+            waits.push(b.enqueue(t + Duration::from_millis(10 * i), 1000));
+        }
+        assert_eq!(
+            waits[0],
+            Some(Duration::from_nanos(1028 * 8 * 1_000_000_000 / 300_000))
+        );
+        let longest = waits.iter().flatten().max().unwrap();
+        assert!(
+            *longest <= b.max_queue + Duration::from_millis(30),
+            "{longest:?}"
+        );
+        assert!(b.dropped > 100, "{} dropped", b.dropped);
     }
 }

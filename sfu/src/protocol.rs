@@ -348,6 +348,13 @@ pub enum Notification {
         call_id: String,
         reason: String,
     },
+    /// `user`'s video is paused for this member (`paused: true`): its downlink cannot carry
+    /// even their lowest simulcast layer; `false` when it is forwarded again.
+    StreamPaused {
+        call_id: String,
+        user: String,
+        paused: bool,
+    },
     SessionReplaced {},
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use str0m::media::{Rid, Simulcast, SimulcastLayer};
 
 /// The layers a simulcast client sends, lowest first, and each one's payload size per frame
-/// (at 30 frames/s: about 72, 168 and 288 kbit/s of payload).
-pub const LAYERS: [(&str, usize); 3] = [("l", 300), ("m", 700), ("h", 1200)];
+/// (at 30 frames/s: about 36, 120 and 288 kbit/s of payload).
+pub const LAYERS: [(&str, usize); 3] = [("l", 150), ("m", 500), ("h", 1200)];
 /// Marks a simulcast payload (byte 5, after the VP8 descriptor and frame tag).
 pub const MARK: u8 = 0x5C;
 

@@ -109,4 +109,12 @@ pub enum MediaEvent {
     /// recycles them in our offers): a new offer from the member starts a session with only
     /// the tracks alive now. Sent once per Peer; forwarding goes on meanwhile.
     Reoffer { call_id: String, user: String },
+    /// `user`'s downlink cannot carry even the lowest layer of `publisher`'s video: it is
+    /// paused for them (`paused: false` when it comes back).
+    VideoPaused {
+        call_id: String,
+        user: String,
+        publisher: String,
+        paused: bool,
+    },
 }

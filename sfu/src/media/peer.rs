@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
@@ -63,6 +64,8 @@ pub enum PeerEvent {
     Rtp(Mid, Option<Rid>, RtpPacket),
     /// The member asks for a keyframe on our `mid`.
     KeyframeRequest(Mid, KeyframeRequestKind),
+    /// The estimated bandwidth toward the member changed (bit/s).
+    Estimate(u64),
     Egress(MediaEgressStats),
     Ingress(MediaIngressStats),
     /// Queued by the core behind a `Connected` and the `MediaAdded`s that follow it in the
@@ -128,7 +131,15 @@ pub struct Peer {
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
+    /// The bandwidth estimate toward this member (bit/s), once str0m has one, and the
+    /// desired bitrate last told to the estimator.
+    pub estimate: Option<u64>,
+    pub desired: u64,
+    pub minimum: u64,
 }
+
+/// The bandwidth estimate a video call's Peer starts from, kbit/s (libwebrtc's default start).
+pub const BWE_START_KBPS: u64 = 300;
 
 /// How a connected Peer's media travels: what `sfu_peers_connected{transport}` counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +182,7 @@ impl Peer {
         user: &str,
         offer: SdpOffer,
         video: bool,
+        bwe: bool,
         state: MemberMedia,
         sink: &mut Sink,
     ) -> Result<(Peer, String), MediaError> {
@@ -201,6 +213,9 @@ impl Peer {
                 .enable_opus(true, false)
                 .enable_vp8(true)
                 .set_stats_interval(Some(Duration::from_secs(1)))
+                // Experimental (MediaConfig::bwe): what each subscriber's downlink carries
+                // decides its simulcast layers (str0m's send-side GCC on its TWCC feedback).
+                .enable_bwe((video && bwe).then(|| Bitrate::kbps(BWE_START_KBPS)))
                 .build(now);
             rtc.add_local_candidate(candidate);
             if let Some(tcp) = tcp {
@@ -251,6 +266,9 @@ impl Peer {
             reoffer_asked: false,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
+            estimate: None,
+            desired: 0,
+            minimum: 0,
         };
         let answer = match peer.mutate(now, sink, |rtc| rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(a)) => a,
@@ -331,6 +349,23 @@ impl Peer {
                     .stream_rx_by_mid(mid, None)
                     .map(|rx| rx.request_keyframe(kind))
                     .is_some()
+        })
+    }
+
+    /// Tells the bandwidth estimator the bitrate this member's subscriptions would take (it
+    /// probes up to it) and the rate to keep up with padding (to learn whether the next
+    /// layer fits).
+    pub fn set_bitrates(
+        &mut self,
+        now: Instant,
+        minimum: u64,
+        desired: u64,
+        sink: &mut Sink,
+    ) -> Result<(), Failure> {
+        (self.minimum, self.desired) = (minimum, desired);
+        self.mutate(now, sink, |rtc| {
+            rtc.bwe()
+                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
         })
     }
 
@@ -596,6 +631,10 @@ impl Peer {
                 Ok(Ok(Output::Event(Event::KeyframeRequest(r)))) => {
                     PeerEvent::KeyframeRequest(r.mid, r.kind)
                 }
+                Ok(Ok(Output::Event(Event::EgressBitrateEstimate(BweKind::Twcc {
+                    estimate,
+                    ..
+                })))) => PeerEvent::Estimate(estimate.as_u64()),
                 Ok(Ok(Output::Event(Event::MediaEgressStats(s)))) => PeerEvent::Egress(s),
                 Ok(Ok(Output::Event(Event::MediaIngressStats(s)))) => PeerEvent::Ingress(s),
                 Ok(Ok(Output::Event(_))) => continue,

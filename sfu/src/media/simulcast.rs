@@ -325,8 +325,10 @@ const HEADROOM_PERCENT: u64 = 115;
 /// Shares `budget` (bit/s, what the subscriber's downlink carries for simulcast video) among
 /// its videos: first the lowest layer of each, in order, while they fit (the rest are paused);
 /// then each one up toward what it asked for, in order, while the upgrade fits. Returns each
-/// video's cap (bit/s; 0 = paused; `None` = no cap needed, off or nothing sent).
-pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) {
+/// video's cap (bit/s; 0 = paused; `None` = no cap needed, off or nothing sent), and returns
+/// what the allocation uses and the cheapest step up it could not take (the estimator is
+/// asked to find that much more).
+pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) -> (u64, u64) {
     caps.clear();
     let mut left = budget;
     let mut at: Vec<Option<usize>> = Vec::with_capacity(wanted.len());
@@ -354,6 +356,20 @@ pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) {
             *cur += 1;
         }
     }
+    let mut next = u64::MAX;
+    for (w, a) in wanted.iter().zip(&at) {
+        let top = match w.choice {
+            VideoChoice::High => w.layers.saturating_sub(1),
+            _ => 0,
+        };
+        match a {
+            _ if w.choice == VideoChoice::Off || w.layers == 0 => {}
+            Some(i) if *i < top => next = next.min(w.rates[i + 1] - w.rates[*i]),
+            Some(_) => {}
+            None => next = next.min(w.rates[0]),
+        }
+    }
+    let used = budget - left;
     for (w, a) in wanted.iter().zip(at) {
         caps.push(match a {
             _ if w.choice == VideoChoice::Off || w.layers == 0 => None,
@@ -361,4 +377,5 @@ pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) {
             None => Some(0),
         });
     }
+    (used, if next == u64::MAX { 0 } else { next })
 }

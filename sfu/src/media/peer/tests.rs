@@ -35,6 +35,7 @@ fn our_offer_waits_for_the_reply_then_one_at_a_time() {
         "bob",
         offer,
         false,
+        false,
         MemberMedia::default(),
         &mut sink,
     )

@@ -181,7 +181,11 @@ fn a_cap_from_the_allocator_makes_the_selector_pick_that_layer() {
     let c = caps(w.rates[0] + (w.rates[1] - w.rates[0]) + 1, &[w]);
     let mut s = LayerSelector::default();
     s.set_cap(c[0]);
-    assert_eq!(s.retarget(&l, now), Some(rid("h")), "the middle-rate layer is named h");
+    assert_eq!(
+        s.retarget(&l, now),
+        Some(rid("h")),
+        "the middle-rate layer is named h"
+    );
     s.set_cap(Some(0));
     assert_eq!(s.retarget(&l, now), None);
     assert!(s.paused());

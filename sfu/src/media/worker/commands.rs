@@ -47,9 +47,9 @@ impl MediaCore {
             out: &mut self.out,
             events: &mut self.events,
         };
-        let (udp, tcp) = (self.cfg.advertised, self.cfg.advertised_tcp);
+        let (udp, tcp, bwe) = (self.cfg.advertised, self.cfg.advertised_tcp, self.cfg.bwe);
         let accepted = Peer::accept(
-            id, now, udp, tcp, call_id, user, offer, video, state, &mut sink,
+            id, now, udp, tcp, call_id, user, offer, video, bwe, state, &mut sink,
         );
         let (mut peer, answer) = match accepted {
             Ok(x) => x,

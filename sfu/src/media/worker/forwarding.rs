@@ -74,6 +74,10 @@ impl MediaCore {
                 self.counters.nacks_in += peer.quality.on_egress(&s, audio);
             }
             PeerEvent::Ingress(s) => peer.quality.on_ingress(&s),
+            PeerEvent::Estimate(bps) => {
+                peer.estimate = Some(bps);
+                self.allocate(now, id);
+            }
         }
     }
 
@@ -226,10 +230,19 @@ impl MediaCore {
                 && let Some(s) = peer.subs.get_mut(sub)
             {
                 s.follow(epoch);
-                if let Some(layers) = &retarget
-                    && let Some(target) = s.selector.retarget(layers, now)
-                {
-                    self.keyframes_wanted.push((from, mid, target));
+                if let Some(layers) = &retarget {
+                    let was = s.selector.paused();
+                    if let Some(target) = s.selector.retarget(layers, now) {
+                        self.keyframes_wanted.push((from, mid, target));
+                    }
+                    if s.selector.paused() != was {
+                        self.out.push_back(MediaEvent::VideoPaused {
+                            call_id: peer.call_id.clone(),
+                            user: peer.user.clone(),
+                            publisher: s.source_user.clone(),
+                            paused: !was,
+                        });
+                    }
                 }
                 match s.selector.on_packet(rid, keyframe) {
                     Decision::Drop => continue,

@@ -275,6 +275,21 @@ impl CallModel {
                     self.notify(&user, Notification::MediaFailed { call_id, reason });
                 }
             }
+            MediaEvent::VideoPaused {
+                call_id,
+                user,
+                publisher,
+                paused,
+            } => {
+                if self.joined(&call_id, &user).is_some() {
+                    let n = Notification::StreamPaused {
+                        call_id,
+                        user: publisher,
+                        paused,
+                    };
+                    self.notify(&user, n);
+                }
+            }
             MediaEvent::Reoffer { call_id, user } => {
                 if self.joined(&call_id, &user).is_some() {
                     let reason = "compact".to_string();
