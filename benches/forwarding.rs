@@ -1,6 +1,8 @@
 //! The forwarding path of the media core: one publisher's RTP (SRTP-decrypted, rewritten and
-//! re-encrypted per subscriber) to N subscribers, N = 1, 4, 16. Reports forwarded packets per
-//! second on one core. Run: `cargo bench --bench forwarding`.
+//! re-encrypted per subscriber) to N subscribers, N = 1, 4, 16; and a simulcast publisher (three
+//! layers in, each subscriber forwarded one: the layer choice, keyframe gating and VP8
+//! picture-id rewrite on the path). Reports forwarded packets per second on one core. Run:
+//! `cargo bench --bench forwarding`.
 
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
@@ -13,10 +15,15 @@ use str0m::media::MediaKind;
 /// Publisher packets per measured iteration (one second of audio at 20 ms).
 const PER_ITER: u64 = 50;
 
-/// A connected call: publisher 0 and `n` subscribers, everyone quiet.
-fn world(n: usize, kind: MediaKind) -> World {
+/// A connected call: publisher 0 (simulcast video if `simulcast`) and `n` subscribers,
+/// everyone quiet.
+fn world(n: usize, kind: MediaKind, simulcast: bool) -> World {
     let mut w = World::new();
-    w.join("publisher", &[kind]);
+    if simulcast {
+        w.join_simulcast("publisher", &[kind]);
+    } else {
+        w.join("publisher", &[kind]);
+    }
     for i in 0..n {
         w.join(&format!("sub{i}"), &[MediaKind::Audio]);
     }
@@ -29,12 +36,18 @@ fn world(n: usize, kind: MediaKind) -> World {
 }
 
 fn bench(c: &mut Criterion) {
-    for (kind, name) in [(MediaKind::Audio, "audio"), (MediaKind::Video, "video")] {
+    for (kind, name, simulcast) in [
+        (MediaKind::Audio, "audio", false),
+        (MediaKind::Video, "video", false),
+        (MediaKind::Video, "simulcast", true),
+    ] {
+        // Packets the publisher sends per frame (one per layer).
+        let layers = if simulcast { 3 } else { 1 };
         let mut g = c.benchmark_group(format!("forward_{name}"));
         g.measurement_time(Duration::from_secs(5));
         g.sample_size(20);
         for n in [1usize, 4, 16] {
-            let mut w = world(n, kind);
+            let mut w = world(n, kind, simulcast);
             let before = w.server.counters().rtp_out_packets;
             let k = if kind == MediaKind::Audio { 0 } else { 1 };
             let sent_before = w.clients[0].sent[k];
@@ -87,7 +100,7 @@ fn bench(c: &mut Criterion) {
             let after = w.server.counters().rtp_out_packets;
             let forwarded = after[0] + after[1] - before[0] - before[1];
             // Every measured packet must really have been forwarded to every subscriber.
-            let fed = w.clients[0].sent[k] - sent_before;
+            let fed = (w.clients[0].sent[k] - sent_before) / layers;
             assert!(
                 forwarded as f64 >= 0.99 * (fed * n as u64) as f64,
                 "forwarded {forwarded} of {fed} x {n}: the benchmark measured dropped packets"
