@@ -149,7 +149,7 @@ impl MediaCore {
                 }
                 // A new subscriber needs a keyframe to start decoding.
                 for (source, mid) in opened {
-                    self.request_keyframe(now, source, mid, KeyframeRequestKind::Pli);
+                    self.request_keyframe(now, source, mid, KeyframeRequestKind::Pli, None);
                 }
             }
         }

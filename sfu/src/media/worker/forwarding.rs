@@ -60,10 +60,8 @@ impl MediaCore {
                 if let Some(s) = peer.subs.by_open_mid(mid) {
                     let (source, source_mid) = (s.source, s.source_mid);
                     // Of a simulcast track: the layer this subscriber is sent.
-                    match s.selector.current().or(s.selector.target()) {
-                        Some(rid) => self.request_layer_keyframe(now, source, source_mid, rid),
-                        None => self.request_keyframe(now, source, source_mid, kind),
-                    }
+                    let rid = s.selector.current().or(s.selector.target());
+                    self.request_keyframe(now, source, source_mid, kind, rid);
                 }
             }
             PeerEvent::Egress(s) => {
@@ -99,7 +97,7 @@ impl MediaCore {
         if rebound && kind == MediaKind::Video {
             // Subscribers kept their m-line across the re-offer: their decoders need a
             // keyframe of the new source.
-            self.request_keyframe(now, id, mid, KeyframeRequestKind::Pli);
+            self.request_keyframe(now, id, mid, KeyframeRequestKind::Pli, None);
         }
     }
 
@@ -296,54 +294,23 @@ impl MediaCore {
         }
         self.scratch = subs;
         while let Some((p, m, rid)) = self.keyframes_wanted.pop() {
-            self.request_layer_keyframe(now, p, m, rid);
+            self.request_keyframe(now, p, m, KeyframeRequestKind::Pli, Some(rid));
         }
         if received.new_source && kind == MediaKind::Video && rid.is_none() {
             // The subscribers' decoders need a keyframe of the new source.
-            self.request_keyframe(now, from, mid, KeyframeRequestKind::Pli);
+            self.request_keyframe(now, from, mid, KeyframeRequestKind::Pli, None);
         }
     }
 
-    /// A keyframe of simulcast layer `rid` of `source`'s track `mid` (throttled per layer).
-    pub(super) fn request_layer_keyframe(
-        &mut self,
-        now: Instant,
-        source: PeerId,
-        mid: Mid,
-        rid: Rid,
-    ) {
-        let Some(p) = slot_peer(&mut self.slots, source) else {
-            return;
-        };
-        let Some(layers) = p
-            .tracks
-            .iter_mut()
-            .find(|t| t.mid == mid)
-            .and_then(|t| t.layers.as_mut())
-        else {
-            return;
-        };
-        if !layers.keyframe_allowed(rid, now) {
-            return;
-        }
-        let ssrc = layers.ssrc_of(rid);
-        let mut sink = Sink {
-            out: &mut self.out,
-            events: &mut self.events,
-        };
-        match p.request_keyframe(now, mid, ssrc, KeyframeRequestKind::Pli, &mut sink) {
-            Ok(sent) => self.counters.keyframe_requests_out += u64::from(sent),
-            Err(f) => self.remove_peer(now, source, Some(f)),
-        }
-        self.schedule(source);
-    }
-
+    /// A keyframe of `source`'s video track `mid` (of its simulcast layer `rid`, if one),
+    /// merged with other requests (per track, or per layer).
     pub(super) fn request_keyframe(
         &mut self,
         now: Instant,
         source: PeerId,
         mid: Mid,
         kind: KeyframeRequestKind,
+        rid: Option<Rid>,
     ) {
         let Some(p) = slot_peer(&mut self.slots, source) else {
             return;
@@ -351,10 +318,18 @@ impl MediaCore {
         let Some(t) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
-        if t.kind != MediaKind::Video || !t.keyframe.allow(now) {
+        let allowed = match (rid, t.layers.as_mut()) {
+            (Some(rid), Some(layers)) => layers.keyframe_allowed(rid, now),
+            (None, _) => t.kind == MediaKind::Video && t.keyframe.allow(now),
+            (Some(_), None) => false,
+        };
+        if !allowed {
             return;
         }
-        let ssrc = t.ssrc();
+        let ssrc = match (rid, &t.layers) {
+            (Some(rid), Some(layers)) => layers.ssrc_of(rid),
+            _ => t.ssrc(),
+        };
         let mut sink = Sink {
             out: &mut self.out,
             events: &mut self.events,

@@ -50,7 +50,7 @@ impl MediaCore {
             }
         }
         for mid in resumed {
-            self.request_keyframe(now, pub_peer, mid, KeyframeRequestKind::Pli);
+            self.request_keyframe(now, pub_peer, mid, KeyframeRequestKind::Pli, None);
         }
     }
 
