@@ -665,3 +665,25 @@ fn a_single_node_relay_passes_everything_straight_to_its_model() {
     });
     assert!(invited, "bob rings at once: {outs:?}");
 }
+
+#[test]
+fn subscribe_is_relayed_to_the_calls_host() {
+    let (mut net, _alice, bob, call) = cross_node_call();
+    let r = net.req(
+        1,
+        bob,
+        Method::Subscribe,
+        json!({"call_id": call, "user": "alice", "video": "low"}),
+    );
+    assert_eq!(r["result"], json!({}), "{r}");
+    let r = net.req(
+        1,
+        bob,
+        Method::Subscribe,
+        json!({"call_id": call, "user": "zed", "video": "low"}),
+    );
+    assert_eq!(
+        r["error"]["code"], -32602,
+        "the host checks membership: {r}"
+    );
+}
