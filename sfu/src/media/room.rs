@@ -3,14 +3,32 @@
 //!
 //! Invariant: an index entry exists exactly while its Subscription is in its subscriber Peer.
 
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 
 use super::peer::PeerId;
 use super::simulcast::VideoChoice;
 use super::subscription::SubId;
 
+/// One subscription in a track's fan-out, with the simulcast layers it needs packets of (the
+/// one it is forwarded, the one it waits for a keyframe of), so a packet of another layer skips
+/// it without touching its Peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fan {
+    pub peer: PeerId,
+    pub sub: SubId,
+    pub layers: [Option<Rid>; 2],
+}
+
+impl Fan {
+    /// Whether a packet of layer `rid` can matter to this subscription.
+    #[inline]
+    pub fn wants(&self, rid: Rid) -> bool {
+        self.layers.contains(&Some(rid))
+    }
+}
+
 /// A published track (publisher, mid) and the subscriptions that receive it.
-type Fanout = ((PeerId, Mid), Vec<(PeerId, SubId)>);
+type Fanout = ((PeerId, Mid), Vec<Fan>);
 
 #[derive(Default)]
 pub struct Room {
@@ -45,7 +63,7 @@ impl Room {
     pub fn leave(&mut self, id: PeerId) {
         self.members.retain(|(_, p)| *p != id);
         self.fanout.retain_mut(|((publisher, _), subs)| {
-            subs.retain(|(s, _)| *s != id);
+            subs.retain(|f| f.peer != id);
             *publisher != id
         });
     }
@@ -77,23 +95,44 @@ impl Room {
     }
 
     pub fn subscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId, sub: SubId) {
+        let fan = Fan {
+            peer: subscriber,
+            sub,
+            layers: [None; 2],
+        };
         match self.fanout.iter_mut().find(|(k, _)| *k == (publisher, mid)) {
-            Some((_, subs)) => subs.push((subscriber, sub)),
-            None => self
-                .fanout
-                .push(((publisher, mid), vec![(subscriber, sub)])),
+            Some((_, subs)) => subs.push(fan),
+            None => self.fanout.push(((publisher, mid), vec![fan])),
         }
     }
 
     pub fn unsubscribe(&mut self, publisher: PeerId, mid: Mid, subscriber: PeerId) {
         if let Some((_, subs)) = self.fanout.iter_mut().find(|(k, _)| *k == (publisher, mid)) {
-            subs.retain(|(s, _)| *s != subscriber);
+            subs.retain(|f| f.peer != subscriber);
+        }
+    }
+
+    /// The simulcast layers subscription `sub` of `subscriber` needs of `publisher`'s `mid`.
+    pub fn set_layers(
+        &mut self,
+        publisher: PeerId,
+        mid: Mid,
+        subscriber: PeerId,
+        sub: SubId,
+        layers: [Option<Rid>; 2],
+    ) {
+        if let Some((_, subs)) = self.fanout.iter_mut().find(|(k, _)| *k == (publisher, mid))
+            && let Some(f) = subs
+                .iter_mut()
+                .find(|f| f.peer == subscriber && f.sub == sub)
+        {
+            f.layers = layers;
         }
     }
 
     /// Who receives `publisher`'s track `mid`.
     #[inline]
-    pub fn subscribers(&self, publisher: PeerId, mid: Mid) -> &[(PeerId, SubId)] {
+    pub fn subscribers(&self, publisher: PeerId, mid: Mid) -> &[Fan] {
         self.fanout
             .iter()
             .find(|(k, _)| *k == (publisher, mid))
@@ -116,9 +155,19 @@ mod tests {
         r.subscribe(a, m, b, 0);
         r.subscribe(a, m, c, 3);
         r.subscribe(b, m, a, 1);
-        assert_eq!(r.subscribers(a, m), &[(b, 0), (c, 3)]);
+        let who = |r: &Room| -> Vec<(PeerId, SubId)> {
+            r.subscribers(a, m)
+                .iter()
+                .map(|f| (f.peer, f.sub))
+                .collect()
+        };
+        assert_eq!(who(&r), [(b, 0), (c, 3)]);
+        let h = Rid::from("h");
+        r.set_layers(a, m, c, 3, [Some(h), None]);
+        assert!(r.subscribers(a, m)[1].wants(h));
+        assert!(!r.subscribers(a, m)[0].wants(h));
         r.unsubscribe(a, m, b);
-        assert_eq!(r.subscribers(a, m), &[(c, 3)]);
+        assert_eq!(who(&r), [(c, 3)]);
         r.leave(c);
         assert!(r.subscribers(a, m).is_empty());
         r.leave(a);

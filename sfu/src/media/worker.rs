@@ -20,7 +20,7 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 use super::command::{Command, MemberMedia};
 use super::event::{Failure, MediaEvent};
 use super::peer::{Peer, PeerEvent, PeerId, Sink};
-use super::room::Room;
+use super::room::{Fan, Room};
 use super::router::Router;
 use super::subscription::SubId;
 
@@ -166,7 +166,9 @@ pub struct MediaCore {
     events: VecDeque<(PeerId, PeerEvent)>,
     counters: MediaCounters,
     /// Reused for the subscribers of one packet, to avoid an allocation per packet.
-    scratch: Vec<(PeerId, SubId)>,
+    scratch: Vec<Fan>,
+    /// Fan-out entries whose simulcast layers changed while forwarding a packet (reused).
+    fanout_changed: Vec<(PeerId, SubId, [Option<Rid>; 2])>,
     /// Simulcast layers whose keyframe a re-targeted subscription waits for (reused).
     keyframes_wanted: Vec<(PeerId, Mid, Rid)>,
     next_volume: Option<Instant>,
@@ -192,6 +194,7 @@ impl MediaCore {
             counters: MediaCounters::default(),
             scratch: Vec::new(),
             keyframes_wanted: Vec::new(),
+            fanout_changed: Vec::new(),
             next_volume: None,
             next_quality: None,
             epoch: None,

@@ -220,7 +220,16 @@ impl MediaCore {
             video_orientation: pkt.header.ext_vals.video_orientation,
             ..Default::default()
         };
-        for &(sub_peer, sub) in &subs {
+        for fan in &subs {
+            let (sub_peer, sub) = (fan.peer, fan.sub);
+            // A packet of a layer this subscription neither receives nor waits for: skipped
+            // without touching its Peer (except when re-targeting, which visits them all).
+            if let Some((rid, _)) = layer
+                && retarget.is_none()
+                && !fan.wants(rid)
+            {
+                continue;
+            }
             let Some(peer) = slot_peer(&mut self.slots, sub_peer) else {
                 continue;
             };
@@ -242,7 +251,12 @@ impl MediaCore {
                         });
                     }
                 }
-                match s.selector.on_packet(rid, keyframe) {
+                let decision = s.selector.on_packet(rid, keyframe);
+                let layers = [s.selector.current(), s.selector.target()];
+                if layers != fan.layers {
+                    self.fanout_changed.push((sub_peer, sub, layers));
+                }
+                match decision {
                     Decision::Drop => continue,
                     Decision::Switch => {
                         s.switch_layer();
@@ -293,6 +307,15 @@ impl MediaCore {
             self.schedule(sub_peer);
         }
         self.scratch = subs;
+        if !self.fanout_changed.is_empty()
+            && let Some(call_id) = slot_peer(&mut self.slots, from).map(|p| p.call_id.clone())
+            && let Some(room) = self.rooms.get_mut(&call_id)
+        {
+            for (peer, sub, layers) in self.fanout_changed.drain(..) {
+                room.set_layers(from, mid, peer, sub, layers);
+            }
+        }
+        self.fanout_changed.clear();
         while let Some((p, m, rid)) = self.keyframes_wanted.pop() {
             self.request_keyframe(now, p, m, KeyframeRequestKind::Pli, Some(rid));
         }
