@@ -32,7 +32,10 @@ pub fn server_addr() -> SocketAddr {
 }
 
 /// A tiny deterministic PRNG (xorshift) for loss.
+mod bottleneck;
 pub mod simulcast;
+
+pub use bottleneck::Bottleneck;
 
 pub struct Rng(pub u64);
 impl Rng {
@@ -162,41 +165,6 @@ impl PartialOrd for Packet {
 impl Ord for Packet {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
-/// A link of `bps` with a drop-tail queue of at most `max_queue` of waiting.
-pub struct Bottleneck {
-    pub bps: u64,
-    pub max_queue: Duration,
-    /// When the link is free again.
-    busy_until: Option<Instant>,
-    pub dropped: u64,
-}
-
-impl Bottleneck {
-    pub fn new(kbps: u64) -> Self {
-        Self {
-            bps: kbps * 1000,
-            max_queue: Duration::from_millis(300),
-            busy_until: None,
-            dropped: 0,
-        }
-    }
-
-    /// How long a datagram of `len` bytes sent at `now` waits (its queueing and its own
-    /// serialization), or `None` when the queue is full.
-    fn enqueue(&mut self, now: Instant, len: usize) -> Option<Duration> {
-        // IP and UDP headers count on the wire.
-        let bits = (len as u64 + 28) * 8;
-        let start = self.busy_until.map_or(now, |b| b.max(now));
-        if start - now > self.max_queue {
-            self.dropped += 1;
-            return None;
-        }
-        let done = start + Duration::from_nanos(bits * 1_000_000_000 / self.bps.max(1));
-        self.busy_until = Some(done);
-        Some(done - now)
     }
 }
 
@@ -670,7 +638,7 @@ impl World {
                     continue;
                 }
                 if kind == MediaKind::Video && c.simulcast.is_some() {
-                    simulcast_frame(c, mid, pt, self.now);
+                    simulcast::frame(c, mid, pt, self.now);
                     continue;
                 }
                 let seq = c.seq.entry(mid).or_insert(0);
@@ -835,35 +803,6 @@ impl World {
     }
 }
 
-/// Writes one frame of every simulcast layer of client `c`'s video track `mid`.
-fn simulcast_frame(c: &mut Client, mid: Mid, pt: str0m::media::Pt, now: Instant) {
-    let index = c.index;
-    let Some(layers) = c.simulcast.as_mut() else {
-        return;
-    };
-    for (i, (rid, _)) in simulcast::LAYERS.iter().enumerate() {
-        let l = &mut layers[i];
-        l.seq += 1;
-        l.picture_id = (l.picture_id + 1) % (1 << 15);
-        let key = std::mem::take(&mut l.key_due);
-        l.keyframes += u64::from(key);
-        let payload = simulcast::payload(index, i, l.seq, l.picture_id, key);
-        let ts = (l.seq * 3000) as u32;
-        if let Some(tx) = c
-            .rtc
-            .direct_api()
-            .stream_tx_by_mid(mid, Some((*rid).into()))
-        {
-            tx.write_rtp(
-                RtpWrite::new(pt, l.seq.into(), ts, now, payload)
-                    .marker(true)
-                    .nackable(true),
-            );
-            c.sent[1] += 1;
-        }
-    }
-}
-
 pub struct Snapshot {
     pub sent: Vec<[u64; 2]>,
     pub got: Vec<BTreeMap<(u8, u8), u64>>,
@@ -947,31 +886,5 @@ pub fn assert_exact_mesh(before: &Snapshot, after: &Snapshot, n: usize, media: &
 impl Default for World {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bottleneck_delays_then_drops_what_exceeds_its_rate() {
-        let t = Instant::now();
-        let mut b = Bottleneck::new(300);
-        // 1,000-byte datagrams every 10 ms: about 820 kbit/s into a 300 kbit/s link.
-        let mut waits = Vec::new();
-        for i in 0..200u64 {
-            waits.push(b.enqueue(t + Duration::from_millis(10 * i), 1000));
-        }
-        assert_eq!(
-            waits[0],
-            Some(Duration::from_nanos(1028 * 8 * 1_000_000_000 / 300_000))
-        );
-        let longest = waits.iter().flatten().max().unwrap();
-        assert!(
-            *longest <= b.max_queue + Duration::from_millis(30),
-            "{longest:?}"
-        );
-        assert!(b.dropped > 100, "{} dropped", b.dropped);
     }
 }

@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use str0m::media::{Rid, Simulcast, SimulcastLayer};
+use str0m::media::{Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::rtp::RtpWrite;
+
+use super::Client;
 
 /// The layers a simulcast client sends, lowest first, and each one's payload size per frame
 /// (at 30 frames/s: about 36, 96 and 216 kbit/s of payload; the top one as large as the
@@ -117,3 +120,32 @@ impl Seen {
 
 /// Per receiver: sender index → what it saw.
 pub type Received = BTreeMap<u8, Seen>;
+
+/// Writes one frame of every simulcast layer of client `c`'s video track `mid`.
+pub(super) fn frame(c: &mut Client, mid: Mid, pt: str0m::media::Pt, now: Instant) {
+    let index = c.index;
+    let Some(layers) = c.simulcast.as_mut() else {
+        return;
+    };
+    for (i, (rid, _)) in LAYERS.iter().enumerate() {
+        let l = &mut layers[i];
+        l.seq += 1;
+        l.picture_id = (l.picture_id + 1) % (1 << 15);
+        let key = std::mem::take(&mut l.key_due);
+        l.keyframes += u64::from(key);
+        let payload = payload(index, i, l.seq, l.picture_id, key);
+        let ts = (l.seq * 3000) as u32;
+        if let Some(tx) = c
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, Some((*rid).into()))
+        {
+            tx.write_rtp(
+                RtpWrite::new(pt, l.seq.into(), ts, now, payload)
+                    .marker(true)
+                    .nackable(true),
+            );
+            c.sent[1] += 1;
+        }
+    }
+}
