@@ -215,18 +215,29 @@ async fn run_inner(shared: &Shared, plan: &Plan, r: &mut CallerResult) -> anyhow
 }
 
 /// Time from the first media after which what a caller asked (`subscribe`) has taken effect.
-const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 /// What one receiver tracks of one incoming stream.
-struct Incoming {
-    kind: MediaKind,
-    first: u64,
-    highest: u64,
-    received: u64,
-    jitter: Jitter,
-    tone: Option<ToneDetector>,
+pub(crate) struct Incoming {
+    pub kind: MediaKind,
+    pub first: u64,
+    pub highest: u64,
+    pub received: u64,
+    pub jitter: Jitter,
+    pub tone: Option<ToneDetector>,
     /// Of a video stream: whose it is, its layers, freezes, bytes.
-    video: VideoSeen,
+    pub video: VideoSeen,
+}
+
+/// What a media session received, for [`crate::verify::verify`].
+pub(crate) struct Received<'a> {
+    /// Every incoming stream of every leg.
+    pub streams: Vec<&'a Incoming>,
+    /// Audio streams of the last leg.
+    pub audio_now: usize,
+    pub legs: u32,
+    pub named_in_volume: &'a BTreeSet<String>,
+    pub first_media: Option<Instant>,
 }
 
 /// How a media session ended.
@@ -606,103 +617,17 @@ async fn media(
         }
     }
 
-    // Verification: exactly the expected peers on the audio streams (of every leg), never
-    // ourselves.
-    let audio_now = streams
-        .values()
-        .filter(|s| s.kind == MediaKind::Audio)
-        .count();
-    let all: Vec<&Incoming> = streams.values().chain(retired.iter()).collect();
-    for s in &all {
-        r.packets_expected += s.highest - s.first + 1;
-        r.packets_received += s.received;
-        r.jitter_ms.push(s.jitter.ms());
-    }
-    let heard: Vec<Option<usize>> = all
-        .iter()
-        .filter(|s| s.kind == MediaKind::Audio)
-        .map(|s| s.tone.as_ref().and_then(ToneDetector::heard))
-        .collect();
-    if heard.contains(&Some(plan.slot)) {
-        r.verification_failures.push("heard its own signal".into());
-    }
-    for (peer, slot) in &plan.expected {
-        if !heard.contains(&Some(*slot)) {
-            r.verification_failures.push(format!("did not hear {peer}"));
-        }
-    }
-    let expected_slots: BTreeSet<usize> = plan.expected.iter().map(|(_, s)| *s).collect();
-    for h in heard.iter().flatten() {
-        if *h != plan.slot && !expected_slots.contains(h) {
-            r.verification_failures
-                .push(format!("heard an unexpected signal (slot {h})"));
-        }
-    }
-    // A later leg may end before every stream reached it, but never has more.
-    if audio_now > plan.expected.len() || (legs == 1 && audio_now != plan.expected.len()) {
-        r.verification_failures.push(format!(
-            "received {audio_now} audio streams, expected {}",
-            plan.expected.len()
-        ));
-    }
-    if shared.video {
-        // Exactly the expected peers' video (none with view off), never our own; with view
-        // low, their lowest layer.
-        let seen: BTreeSet<usize> = all.iter().filter_map(|s| s.video.from).collect();
-        if seen.contains(&plan.slot) {
-            r.verification_failures.push("saw its own video".into());
-        }
-        let name = |slot: usize| {
-            plan.expected
-                .iter()
-                .find(|(_, s)| *s == slot)
-                .map_or_else(|| format!("slot {slot}"), |(p, _)| p.clone())
-        };
-        for s in &all {
-            let (Some(from), Some(layer)) = (s.video.from, s.video.layer) else {
-                continue;
-            };
-            r.video_freezes += s.video.freezes;
-            r.video_bytes += s.video.bytes;
-            r.video_layers.push((name(from), s.video.layers.clone()));
-            match plan.view {
-                Some("off") if s.video.settled_packets > 0 => r
-                    .verification_failures
-                    .push(format!("received {}'s video after asking off", name(from))),
-                Some("low") if shared.simulcast > 1 && layer != 0 => r.verification_failures.push(
-                    format!("{}'s video on layer {layer}, asked low", name(from)),
-                ),
-                _ => {}
-            }
-        }
-        if let Some(t) = first_media {
-            let secs = t.elapsed().as_secs_f64().max(0.001);
-            r.video_kbps = r.video_bytes as f64 * 8.0 / secs / 1000.0;
-        }
-        for (peer, slot) in &plan.expected {
-            if !seen.contains(slot) && plan.view != Some("off") {
-                r.verification_failures
-                    .push(format!("did not see {peer}'s video"));
-            }
-        }
-        for s in seen.difference(&expected_slots) {
-            if *s != plan.slot {
-                r.verification_failures
-                    .push(format!("saw an unexpected video (slot {s})"));
-            }
-        }
-    }
-    if !plan.expected.is_empty() {
-        let all = plan
-            .expected
-            .iter()
-            .all(|(p, _)| named_in_volume.contains(p));
-        r.heard_speakers_in_volume = Some(all);
-        if !all {
-            r.verification_failures
-                .push("volume notifications did not name every talking peer".into());
-        }
-    }
+    let seen = Received {
+        streams: streams.values().chain(retired.iter()).collect(),
+        audio_now: streams
+            .values()
+            .filter(|s| s.kind == MediaKind::Audio)
+            .count(),
+        legs,
+        named_in_volume: &named_in_volume,
+        first_media,
+    };
+    crate::verify::verify(shared, plan, &seen, r);
     Ok(Ending::Done)
 }
 

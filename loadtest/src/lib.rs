@@ -16,6 +16,7 @@ pub mod leg;
 pub mod plan;
 pub mod report;
 pub mod signal;
+mod verify;
 pub mod video;
 
 use std::path::PathBuf;
