@@ -2,23 +2,23 @@
 //! the member's mute/hold state, the Tracks they publish and the Subscriptions they receive.
 //!
 //! Invariant: every mutation of the `Rtc` is followed by draining `poll_output` until it
-//! returns `Timeout` (str0m's single-mutation rule). The `Rtc` is private to this file and
+//! returns `Timeout` (str0m's single-mutation rule). The `Rtc` is private to this module and
 //! every method that touches it ends in [`Peer::drain`]; every str0m call is behind
 //! `catch_unwind`, so a str0m panic fails this Peer, never the Worker.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use str0m::bwe::{Bitrate, BweKind};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive, TcpType};
+use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Input, Rtc};
 
 use super::command::MemberMedia;
 use super::event::{Failure, MediaError, MediaEvent};
@@ -171,114 +171,6 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
 }
 
 impl Peer {
-    /// A Peer for `user`'s offer, and our answer to it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn accept(
-        id: PeerId,
-        now: Instant,
-        advertised: SocketAddr,
-        advertised_tcp: Option<SocketAddr>,
-        call_id: &str,
-        user: &str,
-        offer: SdpOffer,
-        video: bool,
-        bwe: bool,
-        state: MemberMedia,
-        sink: &mut Sink,
-    ) -> Result<(Peer, String), MediaError> {
-        let unusable = |_| MediaError::BadSdp("media address unusable".into());
-        let candidate = guarded(|| Candidate::host(advertised, "udp"))
-            .map_err(unusable)?
-            .map_err(|e| MediaError::BadSdp(format!("media address: {e}")))?;
-        // Passive: clients connect to it (RFC 6544); str0m ranks TCP host below UDP host.
-        let tcp = match advertised_tcp {
-            Some(a) => Some(
-                guarded(|| {
-                    Candidate::builder()
-                        .tcp()
-                        .host(a)
-                        .tcptype(TcpType::Passive)
-                        .build()
-                })
-                .map_err(unusable)?
-                .map_err(|e| MediaError::BadSdp(format!("media TCP address: {e}")))?,
-            ),
-            None => None,
-        };
-        let rtc = guarded(|| {
-            let mut rtc = RtcConfig::new()
-                .set_rtp_mode(true)
-                .set_ice_lite(true)
-                .clear_codecs()
-                .enable_opus(true, false)
-                .enable_vp8(true)
-                .set_stats_interval(Some(Duration::from_secs(1)))
-                // Experimental (MediaConfig::bwe): what each subscriber's downlink carries
-                // decides its simulcast layers (str0m's send-side GCC on its TWCC feedback).
-                .enable_bwe((video && bwe).then(|| Bitrate::kbps(BWE_START_KBPS)))
-                .build(now);
-            rtc.add_local_candidate(candidate);
-            if let Some(tcp) = tcp {
-                rtc.add_local_candidate(tcp);
-            }
-            rtc
-        })
-        .map_err(|_| MediaError::BadSdp("media session could not be created".into()))?;
-        let sdp = offer.to_sdp_string();
-        let fec = sdp.contains("useinbandfec=1");
-        // str0m's parser, like every str0m call here, behind catch_unwind.
-        let relays = sdp
-            .lines()
-            .filter_map(|l| l.strip_prefix("a=candidate"))
-            .filter_map(|l| {
-                guarded(|| Candidate::from_sdp_string(&format!("candidate{l}")))
-                    .ok()?
-                    .ok()
-            })
-            .filter(|c| c.kind() == str0m::CandidateKind::Relayed)
-            .map(|c| c.addr())
-            .take(MAX_RELAYS)
-            .collect();
-        let mut peer = Peer {
-            id,
-            rtc,
-            call_id: call_id.to_string(),
-            user: user.to_string(),
-            created: now,
-            ice_connected: false,
-            connected: false,
-            ufrag: String::new(),
-            video,
-            state,
-            addrs: Vec::new(),
-            relays,
-            tracks: Vec::new(),
-            subs: Subscriptions::default(),
-            pending: None,
-            replied: false,
-            wake: None,
-            wake_changed: false,
-            urgent: false,
-            inject_panic: false,
-            rate: TokenBucket::new(2000.0, 2000.0, now),
-            candidates: 0,
-            stopped_mlines: 0,
-            reoffer_asked: false,
-            quality: LinkQuality::new(fec),
-            volume: (0.0, 0.0),
-            estimate: None,
-            desired: 0,
-            minimum: 0,
-        };
-        let answer = match peer.mutate(now, sink, |rtc| rtc.sdp_api().accept_offer(offer)) {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
-            Err(_) => return Err(MediaError::BadSdp("offer could not be handled".into())),
-        };
-        peer.ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
-        Ok((peer, answer.to_sdp_string()))
-    }
-
     pub fn id(&self) -> PeerId {
         self.id
     }
@@ -577,71 +469,6 @@ impl Peer {
         self.drain(now, sink)?;
         r
     }
-
-    /// Polls str0m until it has nothing more to say.
-    fn drain(&mut self, now: Instant, sink: &mut Sink) -> Result<(), Failure> {
-        loop {
-            // One flat match on the polled result: each packet is moved once, straight into
-            // its queue entry.
-            let event = match guarded(|| self.rtc.poll_output()) {
-                Err(_) | Ok(Err(_)) => return Err(Failure::Rtc),
-                Ok(Ok(Output::Timeout(t))) => {
-                    let urgent = t <= now;
-                    let t = Some(t.max(now));
-                    if self.wake != t || urgent != self.urgent {
-                        self.wake = t;
-                        self.urgent = urgent;
-                        self.wake_changed = true;
-                    }
-                    return Ok(());
-                }
-                Ok(Ok(Output::Transmit(t))) => {
-                    sink.out.push_back(MediaEvent::Transmit {
-                        proto: t.proto,
-                        destination: t.destination,
-                        contents: t.contents,
-                    });
-                    continue;
-                }
-                Ok(Ok(Output::Event(Event::RtpPacket(pkt)))) => {
-                    let ssrc = pkt.header.ssrc;
-                    let at = guarded(|| {
-                        self.rtc
-                            .direct_api()
-                            .stream_rx(&ssrc)
-                            .map(|s| (s.mid(), s.rid()))
-                    })?;
-                    if let Some((mid, rid)) = at {
-                        sink.events
-                            .push_back((self.id, PeerEvent::Rtp(mid, rid, pkt)));
-                    }
-                    continue;
-                }
-                Ok(Ok(Output::Event(Event::Connected))) => PeerEvent::Connected,
-                Ok(Ok(Output::Event(Event::IceConnectionStateChange(s)))) => match s {
-                    IceConnectionState::Connected | IceConnectionState::Completed => {
-                        PeerEvent::IceConnected
-                    }
-                    IceConnectionState::Disconnected => PeerEvent::IceDisconnected,
-                    _ => continue,
-                },
-                Ok(Ok(Output::Event(Event::MediaAdded(m)))) if m.direction.is_receiving() => {
-                    PeerEvent::MediaAdded(m.mid, m.kind)
-                }
-                Ok(Ok(Output::Event(Event::KeyframeRequest(r)))) => {
-                    PeerEvent::KeyframeRequest(r.mid, r.kind)
-                }
-                Ok(Ok(Output::Event(Event::EgressBitrateEstimate(BweKind::Twcc {
-                    estimate,
-                    ..
-                })))) => PeerEvent::Estimate(estimate.as_u64()),
-                Ok(Ok(Output::Event(Event::MediaEgressStats(s)))) => PeerEvent::Egress(s),
-                Ok(Ok(Output::Event(Event::MediaIngressStats(s)))) => PeerEvent::Ingress(s),
-                Ok(Ok(Output::Event(_))) => continue,
-            };
-            sink.events.push_back((self.id, event));
-        }
-    }
 }
 
 pub fn kind_name(kind: MediaKind) -> &'static str {
@@ -650,6 +477,9 @@ pub fn kind_name(kind: MediaKind) -> &'static str {
         MediaKind::Video => "video",
     }
 }
+
+mod accept;
+mod drain;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Unit tests of the Peer: the reply-before-our-offer rule and one offer at a time.
 use super::*;
 use crate::media::subscription::Subscription;
+use str0m::RtcConfig;
 use str0m::change::SdpOffer;
 
 fn client(now: Instant) -> Rtc {
