@@ -16,7 +16,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Input, Rtc};
 
@@ -86,8 +86,9 @@ pub struct Forward<'a> {
     pub params: PayloadParams,
     pub epoch: u32,
     pub ext: &'a ExtensionValues,
-    /// Of a simulcast layer (chosen by the core): its VP8 picture ids are rewritten.
-    pub simulcast: bool,
+    /// Of a simulcast layer (chosen by the core), its VP8 payload descriptor, parsed once for
+    /// every copy: its picture ids are rewritten per subscriber.
+    pub vp8: Option<Vp8Descriptor>,
 }
 
 pub struct Peer {
@@ -301,10 +302,7 @@ impl Peer {
             return Ok(false);
         };
         let video = s.kind == MediaKind::Video;
-        let vp8 = match f.simulcast {
-            true => s.vp8.munge(&f.pkt.payload),
-            false => None,
-        };
+        let vp8 = f.vp8.and_then(|d| s.vp8.munge(&d, &f.pkt.payload));
         let pkt = f.pkt;
         // Built inside the guarded call: moving a finished RtpWrite (320 bytes) through the
         // closures costs more than the write's own bookkeeping.

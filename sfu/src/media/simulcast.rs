@@ -170,10 +170,6 @@ impl Layers {
         v[..n].sort_by_key(|(_, rate)| *rate);
         v.into_iter().take(n)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.layers.iter().all(Option::is_none)
-    }
 }
 
 /// What to do with one packet of a simulcast track for one subscription.

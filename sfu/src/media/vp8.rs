@@ -29,9 +29,9 @@ impl Vp8Munger {
         self.rebase = true;
     }
 
-    /// The rewrite of one packet's payload descriptor (`None`: nothing to change).
-    pub fn munge(&mut self, payload: &[u8]) -> Option<Vp8Patch> {
-        let d = Vp8Descriptor::parse(payload).ok()?;
+    /// The rewrite of one packet's payload descriptor `d` (parsed once per packet by the
+    /// core, from `payload`), or `None`: nothing to change.
+    pub fn munge(&mut self, d: &Vp8Descriptor, payload: &[u8]) -> Option<Vp8Patch> {
         let (pid, tl0) = self.next(d.picture_id(), d.tl0_pic_idx());
         if !self.shifted || (pid.is_none() && tl0.is_none()) {
             return None;
@@ -119,15 +119,22 @@ mod tests {
         );
     }
 
+    fn munge(m: &mut Vp8Munger, p: &[u8]) -> Option<Vp8Patch> {
+        m.munge(&Vp8Descriptor::parse(p).unwrap(), p)
+    }
+
     #[test]
     fn a_descriptor_is_patched_only_once_shifted() {
         let mut m = Vp8Munger::default();
-        assert!(m.munge(&payload(5, 1, true)).is_none(), "passed through");
-        m.switch();
-        assert!(m.munge(&payload(900, 40, true)).is_some());
-        assert!(m.munge(&payload(901, 41, false)).is_some());
         assert!(
-            m.munge(&[0x10, 0x00]).is_none(),
+            munge(&mut m, &payload(5, 1, true)).is_none(),
+            "passed through"
+        );
+        m.switch();
+        assert!(munge(&mut m, &payload(900, 40, true)).is_some());
+        assert!(munge(&mut m, &payload(901, 41, false)).is_some());
+        assert!(
+            munge(&mut m, &[0x10, 0x00]).is_none(),
             "no descriptor extension: nothing to patch"
         );
     }

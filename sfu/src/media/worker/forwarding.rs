@@ -177,7 +177,8 @@ impl MediaCore {
         };
         // Simulcast: the layer, whether the packet starts a keyframe of it, and every
         // RETARGET_EVERY a snapshot of the layers to re-target the subscriptions on.
-        let layer = rid.map(|rid| (rid, vp8_keyframe(&pkt.payload)));
+        let vp8 = rid.and_then(|_| Vp8Descriptor::parse(&pkt.payload).ok());
+        let layer = rid.map(|rid| (rid, vp8.is_some_and(|d| d.starts_keyframe(&pkt.payload))));
         let retarget = match (track.layers.as_mut(), rid) {
             (Some(l), Some(_)) => l.retarget_due(now).then_some(*l),
             _ => None,
@@ -286,7 +287,7 @@ impl MediaCore {
                 params,
                 epoch,
                 ext: &ext,
-                simulcast: layer.is_some(),
+                vp8,
             };
             let mut sink = Sink {
                 out: &mut self.out,
@@ -385,10 +386,4 @@ impl MediaCore {
         }
         self.schedule(id);
     }
-}
-
-/// Whether a VP8 payload starts a keyframe (simulcast switches land only there).
-#[inline]
-fn vp8_keyframe(payload: &[u8]) -> bool {
-    Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload))
 }
