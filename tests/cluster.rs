@@ -95,16 +95,7 @@ async fn users_on_different_nodes_call_with_the_single_node_rules() {
         .unwrap();
     assert_eq!(carol.expect("rejected").await["user"], "dave");
     // The admin API lists the nodes.
-    let admin = common::admin_token();
-    let nodes: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/api/nodes", s[0].http))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = common::admin_json(&s[0], "/api/nodes").await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 3, "{nodes}");
     assert!(
         s[0].metric("sfu_cluster_envelopes_total{direction=\"sent\"}")

@@ -428,16 +428,7 @@ async fn check_record(s: &Server, call_id: &str, cdr: &std::path::Path) {
         assert!(up["mos_min"].as_f64().unwrap() > 4.0);
         assert!(up["mos_p5"].as_f64().unwrap() <= up["mos_avg"].as_f64().unwrap());
     }
-    let list = format!("http://{}/api/calls?limit=5", s.http);
-    let r: serde_json::Value = http
-        .get(&list)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = common::admin_json(s, "/api/calls?limit=5").await;
     assert_eq!(r["calls"][0]["call_id"], call_id);
     let bad = format!("http://{}/api/calls?limit=0", s.http);
     assert_eq!(

@@ -187,12 +187,17 @@ impl Server {
     }
 
     pub async fn metrics_text(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics))
+        let get = async {
+            reqwest::get(format!("http://{}/metrics", self.metrics))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        timeout(WAIT, get)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap_or_else(|_| panic!("GET /metrics of {} unanswered", self.metrics))
     }
 
     /// The value of one sample of `/metrics`, e.g. `sfu_calls_active` or
@@ -553,19 +558,9 @@ pub fn admin_token() -> String {
 /// `GET /api/calls/live` on `s` (admin token), polled until `done` holds for its `calls`
 /// (the directory is a snapshot taken every 2 s); returns them.
 pub async fn live_calls_until(s: &Server, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let token = admin_token();
     let mut last = Vec::new();
     for _ in 0..75 {
-        let v: Value = http
-            .get(format!("http://{}/api/calls/live", s.http))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin_json(s, "/api/calls/live").await;
         last = v["calls"].as_array().cloned().unwrap_or_default();
         if done(&last) {
             return last;
@@ -573,6 +568,24 @@ pub async fn live_calls_until(s: &Server, done: impl Fn(&[Value]) -> bool) -> Ve
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("live calls never as expected: {last:?}");
+}
+
+/// `GET path` on `s`'s main listener with an admin token; the JSON it answers.
+pub async fn admin_json(s: &Server, path: &str) -> Value {
+    let get = async {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", s.http))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    timeout(WAIT, get)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} of {} unanswered", s.http))
 }
 
 /// `user`'s state in a live-call entry.
