@@ -31,12 +31,12 @@ pub fn server_addr() -> SocketAddr {
     "10.0.0.1:5000".parse().unwrap()
 }
 
-/// A tiny deterministic PRNG (xorshift) for loss.
 mod bottleneck;
 pub mod simulcast;
 
 pub use bottleneck::Bottleneck;
 
+/// A tiny deterministic PRNG (xorshift) for loss.
 pub struct Rng(pub u64);
 impl Rng {
     pub fn chance(&mut self, p: f64) -> bool {

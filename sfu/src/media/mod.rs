@@ -20,6 +20,7 @@
 //! protocol.
 
 pub mod command;
+pub mod downlink;
 pub mod event;
 pub mod keyframe;
 pub mod level;

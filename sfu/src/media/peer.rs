@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -21,6 +21,7 @@ use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Input, Rtc};
 
 use super::command::MemberMedia;
+use super::downlink::Downlink;
 use super::event::{Failure, MediaError, MediaEvent};
 use super::quality::LinkQuality;
 use super::router::Source;
@@ -119,6 +120,10 @@ pub struct Peer {
     /// it wait for one to be stamped and sent (str0m 0.25's `Reason::SendStream`). Served
     /// off the tick grid.
     pub urgent: bool,
+    /// str0m paces this Peer's sending (its downlink is estimated): its deadlines are served
+    /// at their instant, not on the tick grid (a pacer released in 10 ms bursts sends in
+    /// bursts, and GCC's probes then measure the grid, not the link).
+    pub paced: bool,
     /// Test hook: the next str0m mutation of this Peer panics (see `MediaCore::inject_panic`).
     pub inject_panic: bool,
     /// Datagrams per second this Peer may send us (`MediaLimits::packet_rate`).
@@ -132,11 +137,12 @@ pub struct Peer {
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
-    /// The bandwidth estimate toward this member (bit/s), once str0m has one, and the
-    /// desired bitrate last told to the estimator.
-    pub estimate: Option<u64>,
+    /// The bandwidth estimates toward this member, the bitrate its subscriptions would take
+    /// as last told to the estimator, and when it was last asked to probe for more.
+    pub downlink: Downlink,
     pub desired: u64,
-    pub minimum: u64,
+    pub probed_at: Option<Instant>,
+    pub probe_wait: Duration,
 }
 
 /// The bandwidth estimate a video call's Peer starts from, kbit/s (libwebrtc's default start).
@@ -245,20 +251,18 @@ impl Peer {
         })
     }
 
-    /// Tells the bandwidth estimator the bitrate this member's subscriptions would take (it
-    /// probes up to it) and the rate to keep up with padding (to learn whether the next
-    /// layer fits).
-    pub fn set_bitrates(
+    /// Tells the bandwidth estimator the bitrate this member's subscriptions would take: a
+    /// rise above its estimate starts a probe for it. No padding floor: padding sized on
+    /// str0m's payload-only estimate overfills a link carrying small packets.
+    pub fn set_desired(
         &mut self,
         now: Instant,
-        minimum: u64,
         desired: u64,
         sink: &mut Sink,
     ) -> Result<(), Failure> {
-        (self.minimum, self.desired) = (minimum, desired);
+        self.desired = desired;
         self.mutate(now, sink, |rtc| {
-            rtc.bwe()
-                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+            rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
         })
     }
 

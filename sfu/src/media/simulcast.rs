@@ -77,6 +77,8 @@ struct Layer {
 pub struct Layers {
     layers: [Option<Layer>; MAX_LAYERS],
     next_retarget: Option<Instant>,
+    /// The first packet of any layer.
+    first_at: Option<Instant>,
 }
 
 /// What one packet told of its layer.
@@ -89,7 +91,9 @@ pub enum LayerPacket {
 }
 
 impl Layers {
-    /// A packet of `rid` from `ssrc` with `bytes` of payload arrived at `now`.
+    /// A packet of `rid` from `ssrc` with `bytes` of payload arrived at `now`. Payload only,
+    /// as str0m's estimate counts it (it measures what the link carries of payload, with
+    /// the headers of the packets it carries now).
     pub fn on_packet(&mut self, rid: Rid, ssrc: Ssrc, bytes: usize, now: Instant) -> LayerPacket {
         let slot = match self
             .layers
@@ -102,6 +106,7 @@ impl Layers {
         let Some(i) = slot else {
             return LayerPacket::Refused;
         };
+        self.first_at.get_or_insert(now);
         let l = self.layers[i].get_or_insert(Layer {
             rid,
             ssrc,
@@ -150,6 +155,13 @@ impl Layers {
         true
     }
 
+    /// How long layers have been arriving: under [`RETARGET_EVERY`], some may not have shown
+    /// up yet, and the ranking is a guess.
+    pub fn age(&self, now: Instant) -> Duration {
+        self.first_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
     /// The layers still sent at `now`, lowest bitrate first, with their bitrates (bit/s).
     /// Layers not measured for a full window yet rank by what they carried so far.
     pub fn active(&self, now: Instant) -> impl Iterator<Item = (Rid, u64)> + '_ {
@@ -194,6 +206,14 @@ pub struct LayerSelector {
     target: Option<Rid>,
     /// The cap left no layer that fits: the video is paused for this subscriber.
     paused: bool,
+    /// Until a cap is set, only the lowest layer (the subscriber's downlink is estimated and
+    /// nothing is known of it yet: start low and climb, never flood it first).
+    start_low: bool,
+    /// Whether the target, and the layer forwarded, were chosen under a cap (else at the
+    /// start, on layers ranked before they were all measured: not a layer the downlink
+    /// was shown to carry).
+    target_capped: bool,
+    current_capped: bool,
 }
 
 impl LayerSelector {
@@ -210,16 +230,31 @@ impl LayerSelector {
         self.cap = cap;
     }
 
+    /// The subscriber's downlink is estimated: the lowest layer until the first cap.
+    pub fn start_low(&mut self) {
+        self.start_low = true;
+    }
+
     /// Chooses the layer to forward from those sent now. Returns the target when it differs
     /// from the layer forwarded (a keyframe of it is needed to switch).
     pub fn retarget(&mut self, layers: &Layers, now: Instant) -> Option<Rid> {
+        if self.start_low && self.cap.is_none() && layers.age(now) < RETARGET_EVERY {
+            // Which layer is the lowest is not known yet: wait for the next re-targeting.
+            self.paused = false;
+            self.target = None;
+            return None;
+        }
         let mut wanted = None;
         let mut lowest = None;
         for (rid, rate) in layers.active(now) {
-            if lowest.is_none() {
+            let is_lowest = lowest.is_none();
+            if is_lowest {
                 lowest = Some((rid, rate));
             }
-            let fits = self.cap.is_none_or(|cap| rate <= cap);
+            let fits = match self.cap {
+                Some(cap) => rate <= cap,
+                None => !self.start_low || is_lowest,
+            };
             match self.choice {
                 VideoChoice::High if fits => wanted = Some(rid),
                 VideoChoice::Low if wanted.is_none() && fits => wanted = Some(rid),
@@ -227,6 +262,7 @@ impl LayerSelector {
             }
         }
         self.paused = self.choice != VideoChoice::Off && lowest.is_some() && wanted.is_none();
+        self.target_capped = self.cap.is_some();
         self.target = match self.choice {
             VideoChoice::Off => None,
             _ => wanted,
@@ -243,6 +279,7 @@ impl LayerSelector {
         if self.target == Some(rid) && self.current != self.target {
             if keyframe {
                 self.current = Some(rid);
+                self.current_capped = self.target_capped;
                 return Decision::Switch;
             }
             return Decision::Drop;
@@ -262,6 +299,13 @@ impl LayerSelector {
     /// The layer forwarded now.
     pub fn current(&self) -> Option<Rid> {
         self.current
+    }
+
+    /// The layer forwarded now, and whether the allocator may count it as held: one its cap
+    /// led to (or any, when the downlink is not estimated). Otherwise only the lowest layer
+    /// counts as held: the stream is kept, not the layer it started on.
+    pub fn held(&self) -> (Option<Rid>, bool) {
+        (self.current, self.current_capped || !self.start_low)
     }
 
     /// The layer wanted (`None`: video off or paused).
@@ -290,19 +334,39 @@ pub struct Wanted {
     pub choice: VideoChoice,
     pub rates: [u64; MAX_LAYERS],
     pub layers: usize,
+    /// The layer forwarded now (index into `rates`; `None`: none, paused or not started):
+    /// climbing above it needs the `climb` budget.
+    pub current: Option<usize>,
 }
 
 impl Wanted {
-    pub fn of(choice: VideoChoice, layers: &Layers, now: Instant) -> Self {
+    /// What a subscription forwarding `held` wants of `layers` (see [`LayerSelector::held`]).
+    pub fn of(
+        choice: VideoChoice,
+        layers: &Layers,
+        (current, counted): (Option<Rid>, bool),
+        now: Instant,
+    ) -> Self {
         let mut w = Wanted {
             choice,
             ..Default::default()
         };
-        for (i, (_, rate)) in layers.active(now).enumerate() {
+        for (i, (rid, rate)) in layers.active(now).enumerate() {
             w.rates[i] = rate;
             w.layers = i + 1;
+            if current == Some(rid) {
+                w.current = Some(if counted { i } else { 0 });
+            }
         }
         w
+    }
+
+    /// The highest layer it asked for (index into `rates`).
+    fn top(&self) -> usize {
+        match self.choice {
+            VideoChoice::High => self.layers.saturating_sub(1),
+            _ => 0,
+        }
     }
 
     /// The bitrate this video would take at what it asked for.
@@ -317,55 +381,83 @@ impl Wanted {
 
 /// Headroom on a layer's measured rate (bursts, keyframes) when it is given as a cap, in %.
 const HEADROOM_PERCENT: u64 = 115;
+/// A step above the layer forwarded now costs this share of its rate, in %: an estimate
+/// hovering at a step's edge does not switch a video up and down (each switch costs a
+/// keyframe), and a step taken leaves room for the estimate's own swings.
+const UPGRADE_PERCENT: u64 = 125;
 
-/// Shares `budget` (bit/s, what the subscriber's downlink carries for simulcast video) among
-/// its videos: first the lowest layer of each, in order, while they fit (the rest are paused);
-/// then each one up toward what it asked for, in order, while the upgrade fits. Returns each
-/// video's cap (bit/s; 0 = paused; `None` = no cap needed, off or nothing sent), and returns
-/// what the allocation uses and the cheapest step up it could not take (the estimator is
-/// asked to find that much more).
-pub fn allocate(budget: u64, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) -> (u64, u64) {
+/// What a subscriber's downlink carries for its simulcast videos (bit/s, after its audio):
+/// `keep` for the layers forwarded now, `climb` for layers above them (see
+/// [`crate::media::downlink`]: a dip must last to take a layer away, a rise to add one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub keep: u64,
+    pub climb: u64,
+}
+
+impl Budget {
+    /// One figure for both.
+    pub fn flat(bps: u64) -> Self {
+        Self {
+            keep: bps,
+            climb: bps,
+        }
+    }
+
+    /// Whether a step of `step` fits on top of `used`: within `keep` for a layer forwarded
+    /// now, within `climb` with [`UPGRADE_PERCENT`] of headroom for one above it.
+    fn fits(&self, used: u64, step: u64, held: bool) -> bool {
+        if held {
+            used + step <= self.keep
+        } else {
+            used + step * UPGRADE_PERCENT / 100 <= self.climb
+        }
+    }
+}
+
+/// Shares `budget` among a subscriber's videos: first the lowest layer of each, in order,
+/// while it fits (the rest are paused); then each one up toward what it asked for, in order,
+/// while the step fits. Returns each video's cap (bit/s; 0 = paused; `None` = no cap needed,
+/// off or nothing sent), and returns what the allocation uses and the cheapest step up it
+/// could not take (the estimator is asked to find that much more).
+pub fn allocate(budget: Budget, wanted: &[Wanted], caps: &mut Vec<Option<u64>>) -> (u64, u64) {
     caps.clear();
-    let mut left = budget;
+    let mut used = 0;
+    let mut blocked = false; // nothing after a paused video jumps ahead of it
     let mut at: Vec<Option<usize>> = Vec::with_capacity(wanted.len());
     for w in wanted {
         if w.choice == VideoChoice::Off || w.layers == 0 {
             at.push(None);
-        } else if w.rates[0] <= left {
-            left -= w.rates[0];
+        } else if !blocked && budget.fits(used, w.rates[0], w.current.is_some()) {
+            used += w.rates[0];
             at.push(Some(0));
         } else {
             at.push(None);
-            left = 0; // nothing after a paused video jumps ahead of it
+            blocked = true;
         }
     }
     for (w, a) in wanted.iter().zip(at.iter_mut()) {
         let Some(cur) = a else {
             continue;
         };
-        let top = match w.choice {
-            VideoChoice::High => w.layers - 1,
-            _ => 0,
-        };
-        while *cur < top && w.rates[*cur + 1] - w.rates[*cur] <= left {
-            left -= w.rates[*cur + 1] - w.rates[*cur];
+        while *cur < w.top() {
+            let step = w.rates[*cur + 1] - w.rates[*cur];
+            if !budget.fits(used, step, w.current.is_some_and(|c| c > *cur)) {
+                break;
+            }
+            used += step;
             *cur += 1;
         }
     }
     let mut next = u64::MAX;
     for (w, a) in wanted.iter().zip(&at) {
-        let top = match w.choice {
-            VideoChoice::High => w.layers.saturating_sub(1),
-            _ => 0,
-        };
         match a {
             _ if w.choice == VideoChoice::Off || w.layers == 0 => {}
-            Some(i) if *i < top => next = next.min(w.rates[i + 1] - w.rates[*i]),
+            Some(i) if *i < w.top() => next = next.min(w.rates[i + 1] - w.rates[*i]),
             Some(_) => {}
             None => next = next.min(w.rates[0]),
         }
     }
-    let used = budget - left;
     for (w, a) in wanted.iter().zip(at) {
         caps.push(match a {
             _ if w.choice == VideoChoice::Off || w.layers == 0 => None,

@@ -3,12 +3,14 @@
 //!
 //! Why a short tick is safe: what str0m does on timers in our configuration runs on intervals
 //! far longer than a tick (RTCP reports and stats every second, ICE consent every few seconds,
-//! DTLS retransmissions from one second), NACKs tolerate a few milliseconds more, nothing is
-//! paced (no BWE), and everything a datagram triggers (STUN answers, DTLS, forwarding, RTX)
-//! happens on that datagram, not on a timer. One exception is not a timer at all: str0m 0.25
-//! sends a written RTP packet only once a timeout has stamped it (`Reason::SendStream`, asked
-//! for as "already happened"). Such asks are served off the grid, at once (`MediaCore`'s
-//! urgent list), so forwarding never waits for a tick.
+//! DTLS retransmissions from one second), NACKs tolerate a few milliseconds more, and
+//! everything a datagram triggers (STUN answers, DTLS, forwarding, RTX) happens on that
+//! datagram, not on a timer. Two exceptions: str0m 0.25 sends a written RTP packet only once a
+//! timeout has stamped it (`Reason::SendStream`, asked for as "already happened"), and a Peer
+//! whose downlink is estimated is paced (str0m releases its packets on timers, and GCC's
+//! probes measure their spacing). Both are served off the grid, at their instant (`MediaCore`'s
+//! urgent list, and paced Peers' entries in its timer heap), so forwarding never waits for a
+//! tick and pacing keeps its rhythm.
 
 use std::time::{Duration, Instant};
 

@@ -154,7 +154,9 @@ pub struct MediaCore {
     free: Vec<u32>,
     router: Router,
     rooms: HashMap<String, Room>,
-    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Peers' wake-ups: (when it is served, the Peer, the instant str0m asked for). Served on
+    /// the tick grid, or at the instant itself for a paced Peer.
+    timers: BinaryHeap<Reverse<(Instant, PeerId, Instant)>>,
     /// Peers whose str0m asked for a timeout at once, with the instant it asked (served off
     /// the grid: a forwarded packet waits in str0m until then), the earliest such instant,
     /// and a spare list so serving them allocates nothing.
@@ -173,6 +175,8 @@ pub struct MediaCore {
     keyframes_wanted: Vec<(PeerId, Mid, Rid)>,
     next_volume: Option<Instant>,
     next_quality: Option<Instant>,
+    /// Estimated subscribers, while [`MediaCore::reallocate`] visits them (reused).
+    reallocating: Vec<PeerId>,
     /// Anchor of the tick grid: the first command's instant.
     epoch: Option<Instant>,
 }
@@ -197,6 +201,7 @@ impl MediaCore {
             fanout_changed: Vec::new(),
             next_volume: None,
             next_quality: None,
+            reallocating: Vec::new(),
             epoch: None,
         }
     }
@@ -208,13 +213,13 @@ impl MediaCore {
     /// When to call [`MediaCore::handle_timeout`] next: at once for a Peer holding written
     /// packets, otherwise the earliest deadline rounded up to the tick grid.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let peers = self.timers.peek().map(|Reverse((t, _))| *t);
-        let timers = [peers, self.next_volume, self.next_quality]
+        let peers = self.timers.peek().map(|Reverse((due, ..))| *due);
+        let reports = [self.next_volume, self.next_quality]
             .into_iter()
             .flatten()
             .min()
             .map(|at| super::tick::round_up(at, self.epoch.unwrap_or(at), self.cfg.tick));
-        [self.urgent_at, timers].into_iter().flatten().min()
+        [self.urgent_at, peers, reports].into_iter().flatten().min()
     }
 
     pub fn counters(&self) -> &MediaCounters {
@@ -245,6 +250,12 @@ impl MediaCore {
         self.member_mut(call_id, user)
             .map(|p| p.inject_panic = true)
             .is_some()
+    }
+
+    /// The bandwidth estimate toward `user`'s Peer in `call_id` (bit/s), once there is one.
+    pub fn estimate(&mut self, call_id: &str, user: &str) -> Option<u64> {
+        self.member_mut(call_id, user)
+            .and_then(|p| p.downlink.latest())
     }
 
     /// Calls with at least one Peer on this worker.
@@ -427,8 +438,8 @@ impl MediaCore {
             due.clear();
             self.urgent_spare = due;
         }
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
+        while let Some(Reverse((due, id, at))) = self.timers.peek().copied() {
+            if due > now {
                 break;
             }
             self.timers.pop();
@@ -436,6 +447,7 @@ impl MediaCore {
         }
         if self.next_volume.is_some_and(|t| t <= now) {
             self.volume_tick(now);
+            self.reallocate(now);
         }
         if self.next_quality.is_some_and(|t| t <= now) {
             self.quality_tick();

@@ -54,8 +54,8 @@ impl Peer {
                 .enable_opus(true, false)
                 .enable_vp8(true)
                 .set_stats_interval(Some(Duration::from_secs(1)))
-                // Experimental (MediaConfig::bwe): what each subscriber's downlink carries
-                // decides its simulcast layers (str0m's send-side GCC on its TWCC feedback).
+                // What each subscriber's downlink carries decides its simulcast layers
+                // (str0m's send-side GCC on its TWCC feedback; MediaConfig::bwe).
                 .enable_bwe((video && bwe).then(|| Bitrate::kbps(BWE_START_KBPS)))
                 .build(now);
             rtc.add_local_candidate(candidate);
@@ -100,6 +100,7 @@ impl Peer {
             wake: None,
             wake_changed: false,
             urgent: false,
+            paced: video && bwe,
             inject_panic: false,
             rate: TokenBucket::new(2000.0, 2000.0, now),
             candidates: 0,
@@ -107,9 +108,10 @@ impl Peer {
             reoffer_asked: false,
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
-            estimate: None,
+            downlink: Downlink::default(),
             desired: 0,
-            minimum: 0,
+            probed_at: None,
+            probe_wait: Duration::ZERO,
         };
         let answer = match peer.mutate(now, sink, |rtc| rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(a)) => a,

@@ -123,10 +123,12 @@ fn switches_land_on_keyframes_of_the_new_layer_only() {
     assert_eq!(s.retarget(&l, now), None);
 }
 
+/// A video forwarded at its lowest layer now (or not at all, with no layers).
 fn wanted(choice: VideoChoice, rates: &[u64]) -> Wanted {
     let mut w = Wanted {
         choice,
         layers: rates.len(),
+        current: (!rates.is_empty()).then_some(0),
         ..Default::default()
     };
     w.rates[..rates.len()].copy_from_slice(rates);
@@ -135,7 +137,7 @@ fn wanted(choice: VideoChoice, rates: &[u64]) -> Wanted {
 
 fn caps(budget: u64, w: &[Wanted]) -> Vec<Option<u64>> {
     let mut c = Vec::new();
-    allocate(budget, w, &mut c);
+    allocate(Budget::flat(budget), w, &mut c);
     c
 }
 
@@ -151,10 +153,39 @@ fn the_allocator_gives_everyone_low_first_then_upgrades_in_order() {
     assert_eq!(caps(10_000, &w), vec![Some(1150); 3]);
     // 300: everyone low.
     assert_eq!(caps(300, &w), vec![Some(115); 3]);
-    // 700: low for all, then the first up to mid (+200) and the second too (+200).
-    assert_eq!(caps(700, &w), vec![Some(345), Some(345), Some(115)]);
+    // 800: low for all, then the first up to mid (+200, with 25% headroom: 250) and the
+    // second too; 700 takes only the first.
+    assert_eq!(caps(800, &w), vec![Some(345), Some(345), Some(115)]);
+    assert_eq!(caps(700, &w), vec![Some(345), Some(115), Some(115)]);
     // 250: two lows fit, the third is paused.
     assert_eq!(caps(250, &w), vec![Some(115), Some(115), Some(0)]);
+}
+
+#[test]
+fn climbing_a_step_needs_headroom_and_a_lasting_estimate_keeping_it_does_not() {
+    let three = [100, 300, 1000];
+    let mut w = [wanted(VideoChoice::High, &three)];
+    let alloc = |keep: u64, climb: u64, w: &[Wanted]| {
+        let mut c = Vec::new();
+        allocate(Budget { keep, climb }, w, &mut c);
+        c
+    };
+    // 300 holds the middle layer exactly: kept when forwarded, not climbed to from low.
+    assert_eq!(alloc(300, 300, &w), vec![Some(115)]);
+    w[0].current = Some(1);
+    assert_eq!(alloc(300, 300, &w), vec![Some(345)]);
+    // Kept on what the link carried during the hold, even if the latest estimate dipped.
+    assert_eq!(alloc(300, 200, &w), vec![Some(345)]);
+    // Going down needs nothing: below it, low.
+    assert_eq!(alloc(299, 299, &w), vec![Some(115)]);
+    // From low, 350 (the step's 200 plus a quarter) climbs; only if it lasted.
+    w[0].current = Some(0);
+    assert_eq!(alloc(350, 350, &w), vec![Some(345)]);
+    assert_eq!(alloc(350, 349, &w), vec![Some(115)]);
+    // A video not forwarded yet (or paused) starts only with headroom for its lowest layer.
+    w[0].current = None;
+    assert_eq!(alloc(120, 120, &w), vec![Some(0)]);
+    assert_eq!(alloc(125, 125, &w), vec![Some(115)]);
 }
 
 #[test]
@@ -176,9 +207,9 @@ fn the_allocator_respects_low_and_off() {
 fn a_cap_from_the_allocator_makes_the_selector_pick_that_layer() {
     let t0 = Instant::now();
     let (l, now) = three(t0);
-    let w = Wanted::of(VideoChoice::High, &l, now);
+    let w = Wanted::of(VideoChoice::High, &l, (Some(rid("f")), true), now);
     assert_eq!(w.layers, 3);
-    let c = caps(w.rates[0] + (w.rates[1] - w.rates[0]) + 1, &[w]);
+    let c = caps(w.rates[0] + (w.rates[1] - w.rates[0]) * 5 / 4 + 1, &[w]);
     let mut s = LayerSelector::default();
     s.set_cap(c[0]);
     assert_eq!(
@@ -189,4 +220,23 @@ fn a_cap_from_the_allocator_makes_the_selector_pick_that_layer() {
     s.set_cap(Some(0));
     assert_eq!(s.retarget(&l, now), None);
     assert!(s.paused());
+}
+
+#[test]
+fn an_estimated_subscriber_starts_on_the_lowest_layer_once_all_have_shown_up() {
+    let t0 = Instant::now();
+    let mut l = Layers::default();
+    // The top layer's first packet arrives first: alone, it would rank lowest.
+    l.on_packet(rid("q"), 3.into(), 3_750, t0);
+    let mut s = LayerSelector::default();
+    s.start_low();
+    assert_eq!(s.retarget(&l, t0), None, "no guess on one layer seen");
+    assert!(!s.paused());
+    let (l, now) = three(t0);
+    assert_eq!(s.retarget(&l, now), Some(rid("f")));
+    // Under a cap, the allocator decides; without start_low, the choice alone.
+    s.set_cap(Some(u64::MAX));
+    assert_eq!(s.retarget(&l, now), Some(rid("q")));
+    let mut plain = LayerSelector::default();
+    assert_eq!(plain.retarget(&l, now), Some(rid("q")));
 }

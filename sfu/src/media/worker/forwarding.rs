@@ -73,7 +73,7 @@ impl MediaCore {
             }
             PeerEvent::Ingress(s) => peer.quality.on_ingress(&s),
             PeerEvent::Estimate(bps) => {
-                peer.estimate = Some(bps);
+                peer.downlink.on_estimate(bps, now);
                 self.allocate(now, id);
             }
         }
@@ -133,8 +133,12 @@ impl MediaCore {
                 false,
             ),
         };
+        let paced = s.paced;
         if let Some(x) = s.subs.get_mut(sub) {
             x.selector.set_choice(choice);
+            if paced {
+                x.selector.start_low();
+            }
         }
         if let Some(room) = self.rooms.get_mut(&s.call_id) {
             room.subscribe(publisher, mid, subscriber, sub);

@@ -10,6 +10,7 @@ use crate::media::command::Ticket;
 use crate::media::event::{Failure, MediaError, MediaEvent};
 use crate::media::peer::{Peer, PeerId};
 use crate::media::subscription::SubState;
+use crate::media::tick::round_up;
 
 impl MediaCore {
     pub(super) fn peer(&self, id: PeerId) -> Option<&Peer> {
@@ -65,7 +66,11 @@ impl MediaCore {
                 self.urgent.push((at, id));
                 self.urgent_at = Some(self.urgent_at.map_or(at, |u| u.min(at)));
             }
-            Some(at) => self.timers.push(Reverse((at, id))),
+            Some(at) if peer.paced => self.timers.push(Reverse((at, id, at))),
+            Some(at) => {
+                let due = round_up(at, self.epoch.unwrap_or(at), self.cfg.tick);
+                self.timers.push(Reverse((due, id, at)));
+            }
             None => {}
         }
     }
