@@ -279,7 +279,9 @@ fn an_audio_call_forwards_no_video_even_if_offered() {
 /// The tick is for timers only: a forwarded packet leaves at the instant its datagram came in,
 /// though str0m holds a written packet until a timeout stamps it (0.25's `SendStream`). With
 /// 3 ms links each way and no jitter, every packet's transit is exactly 6 ms, whatever the
-/// tick; served on the 10-ms grid it was up to 16 ms.
+/// tick; served on the 10-ms grid it was up to 16 ms. Unpaced (no downlink estimation): a
+/// paced Peer's video waits its turn in str0m's pacer by design, and its timers are served
+/// at their instant anyway.
 #[test]
 fn forwarding_never_waits_for_the_tick() {
     for tick in [
@@ -289,6 +291,7 @@ fn forwarding_never_waits_for_the_tick() {
     ] {
         let mut w = World::with_config(MediaConfig {
             tick,
+            bwe: false,
             ..MediaConfig::new(server_addr())
         });
         w.delay = Duration::from_millis(3);
@@ -319,9 +322,11 @@ fn forwarding_never_waits_for_the_tick() {
 
 #[test]
 fn timer_deadlines_ride_the_tick_and_none_is_missed() {
+    // Unpaced Peers: a paced one's deadlines are served at their instant (see `tick`).
     let run = |tick: Duration| {
         let mut w = World::with_config(MediaConfig {
             tick,
+            bwe: false,
             ..MediaConfig::new(server_addr())
         });
         let media = [MediaKind::Audio, MediaKind::Video];

@@ -147,6 +147,9 @@ pub struct Peer {
 
 /// The bandwidth estimate a video call's Peer starts from, kbit/s (libwebrtc's default start).
 pub const BWE_START_KBPS: u64 = 300;
+/// The rate an estimated Peer is said to want until its subscriptions say (a group video
+/// call's worth): what its first probes may reach.
+pub const BWE_DESIRED_KBPS: u64 = 2_500;
 
 /// How a connected Peer's media travels: what `sfu_peers_connected{transport}` counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,16 +58,54 @@ pub enum VideoChoice {
     Off,
 }
 
+/// The bitrate of a stream's payload, measured over windows of [`WINDOW`].
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    /// Bytes in the current window, and the bitrate of the last full one.
+    bytes: u64,
+    window_start: Instant,
+    bitrate: u64,
+}
+
+impl Rate {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            bytes: 0,
+            window_start: now,
+            bitrate: 0,
+        }
+    }
+
+    #[inline]
+    pub fn on_bytes(&mut self, bytes: usize, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= WINDOW {
+            self.bitrate = self.bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
+            self.bytes = 0;
+            self.window_start = now;
+        }
+        self.bytes += bytes as u64;
+    }
+
+    /// Bit/s: of the last full window, or before there was one, of what came so far.
+    pub fn get(&self, now: Instant) -> u64 {
+        if self.bitrate > 0 {
+            return self.bitrate;
+        }
+        let secs = now
+            .saturating_duration_since(self.window_start)
+            .as_secs_f64();
+        (self.bytes as f64 * 8.0 / secs.max(0.02)) as u64
+    }
+}
+
 /// One received layer.
 #[derive(Clone, Copy, Debug)]
 struct Layer {
     rid: Rid,
     ssrc: Ssrc,
     keyframe: KeyframeThrottle,
-    /// Bytes in the current window, and the bitrate of the last full one.
-    bytes: u64,
-    window_start: Instant,
-    bitrate: u64,
+    rate: Rate,
     last_at: Instant,
 }
 
@@ -111,19 +149,11 @@ impl Layers {
             rid,
             ssrc,
             keyframe: KeyframeThrottle::default(),
-            bytes: 0,
-            window_start: now,
-            bitrate: 0,
+            rate: Rate::new(now),
             last_at: now,
         });
         let new_source = std::mem::replace(&mut l.ssrc, ssrc) != ssrc;
-        let elapsed = now.saturating_duration_since(l.window_start);
-        if elapsed >= WINDOW {
-            l.bitrate = l.bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
-            l.bytes = 0;
-            l.window_start = now;
-        }
-        l.bytes += bytes as u64;
+        l.rate.on_bytes(bytes, now);
         l.last_at = now;
         LayerPacket::Booked { new_source }
     }
@@ -169,13 +199,7 @@ impl Layers {
         let mut n = 0;
         for l in self.layers.iter().flatten() {
             if now.saturating_duration_since(l.last_at) < INACTIVE_AFTER {
-                let rate = if l.bitrate > 0 {
-                    l.bitrate
-                } else {
-                    let secs = now.saturating_duration_since(l.window_start).as_secs_f64();
-                    (l.bytes as f64 * 8.0 / secs.max(0.02)) as u64
-                };
-                v[n] = (l.rid, rate);
+                v[n] = (l.rid, l.rate.get(now));
                 n += 1;
             }
         }

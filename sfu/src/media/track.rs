@@ -13,7 +13,7 @@ use str0m::rtp::{RtpPacket, Ssrc};
 
 use super::keyframe::KeyframeThrottle;
 use super::level::{DECODE_AFTER, OpusLevel};
-use super::simulcast::{LayerPacket, Layers};
+use super::simulcast::{LayerPacket, Layers, Rate};
 
 /// Seconds charged to the decode budget for a packet at least: Opus's shortest frame.
 const MIN_DECODE_CHARGE: f64 = 0.0025;
@@ -61,6 +61,9 @@ pub struct Track {
     pub availability: Availability,
     /// The simulcast layers, once a packet with a rid came.
     pub layers: Option<Layers>,
+    /// The payload bitrate of a track sent as one stream (what a subscriber's downlink
+    /// must carry of it).
+    pub rate: Rate,
     /// Of a simulcast track, the one layer whose packets the loss and jitter counters book.
     booked_rid: Option<Rid>,
     ssrc: Option<Ssrc>,
@@ -99,6 +102,7 @@ impl Track {
             keyframe: KeyframeThrottle::default(),
             availability,
             layers: None,
+            rate: Rate::new(now),
             booked_rid: None,
             ssrc: None,
             first_seq: None,

@@ -98,7 +98,7 @@ impl MediaConfig {
             volume_interval: Duration::from_millis(300),
             limits: MediaLimits::default(),
             tick: DEFAULT_TICK,
-            bwe: false,
+            bwe: true,
         }
     }
 }

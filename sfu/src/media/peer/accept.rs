@@ -58,6 +58,12 @@ impl Peer {
                 // (str0m's send-side GCC on its TWCC feedback; MediaConfig::bwe).
                 .enable_bwe((video && bwe).then(|| Bitrate::kbps(BWE_START_KBPS)))
                 .build(now);
+            if video && bwe {
+                // The first probes (3 and 6 times the start) are capped by the desired rate:
+                // with none yet, they would find nothing.
+                rtc.bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::kbps(BWE_DESIRED_KBPS));
+            }
             rtc.add_local_candidate(candidate);
             if let Some(tcp) = tcp {
                 rtc.add_local_candidate(tcp);
@@ -109,7 +115,11 @@ impl Peer {
             quality: LinkQuality::new(fec),
             volume: (0.0, 0.0),
             downlink: Downlink::default(),
-            desired: 0,
+            desired: if video && bwe {
+                BWE_DESIRED_KBPS * 1000
+            } else {
+                0
+            },
             probed_at: None,
             probe_wait: Duration::ZERO,
         };

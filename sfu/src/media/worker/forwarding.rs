@@ -169,7 +169,10 @@ impl MediaCore {
         self.counters.rtp_in_packets[k] += 1;
         self.counters.rtp_in_bytes[k] += pkt.payload.len() as u64;
         let received = match rid {
-            None => track.on_packet(Arrival::of(pkt), now),
+            None => {
+                track.rate.on_bytes(pkt.payload.len(), now);
+                track.on_packet(Arrival::of(pkt), now)
+            }
             Some(rid) => {
                 let Some(r) = track.on_layer_packet(Arrival::of(pkt), rid, pkt.payload.len(), now)
                 else {

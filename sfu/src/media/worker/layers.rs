@@ -8,17 +8,19 @@ use std::time::{Duration, Instant};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 
 use super::{MediaCore, slot_peer};
-use crate::media::peer::{PeerId, Sink};
-use crate::media::simulcast::{Budget, LayerSelector, Layers, VideoChoice, Wanted, allocate};
+use crate::media::peer::{BWE_DESIRED_KBPS, PeerId, Sink};
+use crate::media::simulcast::{Budget, LayerSelector, VideoChoice, Wanted, allocate};
 use crate::media::subscription::SubId;
 
-/// Bandwidth kept for each audio stream forwarded to a subscriber before video is allocated
-/// (audio always goes first): Opus voice of 24 to 40 kbit/s. Like str0m's estimate and the
-/// layers' rates, it counts RTP payload.
+/// Bandwidth kept at least for each audio stream forwarded to a subscriber before video is
+/// allocated (audio always goes first; its measured rate when higher): Opus voice is 24 to
+/// 40 kbit/s. Like str0m's estimate and the layers' rates, it counts RTP payload.
 const AUDIO_RESERVE: u64 = 40_000;
 /// Share of the estimate a climb may fill (the rest absorbs keyframes and retransmissions);
 /// what is forwarded now is kept up to the whole of it (see [`crate::media::downlink`]).
 const CLIMB_PERCENT: u64 = 90;
+/// How long after a Peer's start its first probes may still be running.
+const FIRST_PROBES: Duration = Duration::from_secs(5);
 /// How soon a subscriber whose next layer does not fit has its downlink probed, and how
 /// rarely at most: each probe that did not make room doubles the wait (a probe overfills a
 /// link that is full, for a moment; a link that stays full is not probed every few seconds).
@@ -79,9 +81,10 @@ impl MediaCore {
         self.reallocating = ids;
     }
 
-    /// Shares subscriber `id`'s estimated bandwidth among its simulcast videos (after its
-    /// audio) and tells the estimator what they would take; the selectors follow at their
-    /// next re-targeting. Runs on every new estimate.
+    /// Shares subscriber `id`'s estimated bandwidth: first what it cannot choose (audio, and
+    /// video sent as one stream), then among its simulcast videos; and tells the estimator
+    /// what they would take. The selectors follow at their next re-targeting. Runs on every
+    /// new estimate and every volume tick.
     pub(super) fn allocate(&mut self, now: Instant, id: PeerId) {
         let Some(p) = slot_peer(&mut self.slots, id) else {
             return;
@@ -89,44 +92,51 @@ impl MediaCore {
         let (Some(keep), Some(climb)) = (p.downlink.keep(now), p.downlink.climb(now)) else {
             return;
         };
-        let mut audio_from: Vec<PeerId> = Vec::new();
-        let mut videos: Vec<(SubId, PeerId, Mid, LayerSelector)> = Vec::new();
-        for (sub, s) in p.subs.iter() {
-            match s.kind {
-                MediaKind::Audio => audio_from.push(s.source),
-                MediaKind::Video => videos.push((sub, s.source, s.source_mid, s.selector.clone())),
+        let subs: Vec<(SubId, PeerId, Mid, MediaKind, LayerSelector)> = p
+            .subs
+            .iter()
+            .map(|(sub, s)| (sub, s.source, s.source_mid, s.kind, s.selector.clone()))
+            .collect();
+        // Fixed: what is forwarded whatever the estimate (withheld tracks of muted and held
+        // members take nothing).
+        let mut fixed = 0;
+        let mut videos: Vec<(SubId, Wanted)> = Vec::new();
+        for (sub, source, mid, kind, sel) in subs {
+            let Some(publisher) = slot_peer(&mut self.slots, source) else {
+                continue;
+            };
+            let withheld = publisher.state.held || publisher.state.muted(kind);
+            let Some(track) = publisher.tracks.iter().find(|t| t.mid == mid) else {
+                continue;
+            };
+            match (kind, track.layers) {
+                (MediaKind::Video, Some(l)) => {
+                    videos.push((sub, Wanted::of(sel.choice(), &l, sel.held(), now)))
+                }
+                _ if withheld || sel.choice() == VideoChoice::Off => {}
+                (MediaKind::Audio, _) => fixed += track.rate.get(now).max(AUDIO_RESERVE),
+                (MediaKind::Video, None) => fixed += track.rate.get(now),
             }
         }
-        // Muted and held members' audio is withheld: it takes nothing.
-        let audio = audio_from
-            .into_iter()
-            .filter(|&src| {
-                slot_peer(&mut self.slots, src)
-                    .is_some_and(|p| !(p.state.held || p.state.muted(MediaKind::Audio)))
-            })
-            .count() as u64
-            * AUDIO_RESERVE;
-        let mut wanted: Vec<Wanted> = Vec::with_capacity(videos.len());
-        for (_, source, mid, sel) in &videos {
-            let layers: Option<Layers> = slot_peer(&mut self.slots, *source)
-                .and_then(|p| p.tracks.iter().find(|t| t.mid == *mid))
-                .and_then(|t| t.layers);
-            wanted.push(match layers {
-                Some(l) => Wanted::of(sel.choice(), &l, sel.held(), now),
-                None => Wanted::default(), // one stream: nothing to choose
-            });
-        }
+        let wanted: Vec<Wanted> = videos.iter().map(|(_, w)| *w).collect();
         let budget = Budget {
-            keep: keep.saturating_sub(audio),
-            climb: (climb * CLIMB_PERCENT / 100).saturating_sub(audio),
+            keep: keep.saturating_sub(fixed),
+            climb: (climb * CLIMB_PERCENT / 100).saturating_sub(fixed),
         };
         let mut caps = Vec::with_capacity(wanted.len());
         let (_, step) = allocate(budget, &wanted, &mut caps);
-        let desired = audio + wanted.iter().map(Wanted::desired).sum::<u64>();
+        let desired = fixed + wanted.iter().map(Wanted::desired).sum::<u64>();
         let Some(p) = slot_peer(&mut self.slots, id) else {
             return;
         };
-        for ((sub, ..), cap) in videos.iter().zip(caps) {
+        // Until str0m's first probes have run, they are capped by what we say we want: say
+        // enough (the subscriptions are still arriving).
+        let desired = if now < p.created + FIRST_PROBES {
+            desired.max(BWE_DESIRED_KBPS * 1000)
+        } else {
+            desired
+        };
+        for ((sub, _), cap) in videos.iter().zip(caps) {
             if let Some(s) = p.subs.get_mut(*sub) {
                 s.selector.set_cap(cap);
             }
