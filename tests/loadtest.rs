@@ -211,3 +211,54 @@ async fn simulcast_group_gives_each_receiver_the_layer_it_asks_for() {
     let (off, on) = kbps_by_choice(&r);
     assert!(off.iter().all(|k| *k < 100.0), "off {off:?}, on {on:?}");
 }
+
+/// Issue 15: a group of 6 publishing simulcast where the last member's downlink is capped at
+/// 800 kbit/s (a drop-tail queue emulated in that caller): the server's estimate of its link
+/// holds it to the layers that fit. Everyone passes verification (hears every member, sees
+/// every video), nobody else freezes, and the capped member receives less video than the
+/// others, mostly on the lowest layers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_group_with_a_capped_caller_fits_its_downlink() {
+    let s = Server::start(&[]).await;
+    let args = [
+        "--scenario",
+        "group",
+        "--group-size",
+        "6",
+        "--calls",
+        "1",
+        "--media",
+        "video",
+        "--simulcast",
+        "3",
+        "--duration",
+        "15s",
+        "--downlink-kbps",
+        "800",
+        "--capped",
+        "1",
+    ];
+    let (code, r) = loadtest(&s, "simcap", &args).await;
+    assert_eq!(code, 0, "{r:#}");
+    no_failures(&r);
+    let receivers = r["receivers"].as_array().unwrap();
+    assert_eq!(receivers.len(), 6, "{r:#}");
+    let member = |rv: &Value| -> usize {
+        let u = rv["user"].as_str().unwrap();
+        u.rsplit('-').next().unwrap().parse().unwrap()
+    };
+    let (capped, others): (Vec<&Value>, Vec<&Value>) =
+        receivers.iter().partition(|rv| member(rv) == 5);
+    let capped = capped[0];
+    for rv in &others {
+        assert_eq!(rv["freezes"], 0, "{rv:#}");
+    }
+    let kbps = |rv: &Value| rv["kbps"].as_f64().unwrap();
+    let min_other = others.iter().map(|rv| kbps(rv)).fold(f64::MAX, f64::min);
+    assert!(kbps(capped) < 700.0, "capped {capped:#}");
+    assert!(
+        kbps(capped) * 1.5 < min_other,
+        "capped {capped:#}, others from {min_other}"
+    );
+    assert!(s.metric("sfu_subscriber_bandwidth_bits_count").await > 0.0);
+}

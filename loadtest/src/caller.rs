@@ -424,10 +424,13 @@ async fn media(
         if let Some(d) = imp.next_due() {
             wake = wake.min(tokio::time::Instant::from_std(d));
         }
+        if let Some(d) = downlink.as_ref().and_then(|d| d.next_due()) {
+            wake = wake.min(tokio::time::Instant::from_std(d));
+        }
         tokio::select! {
             res = socket.recv_now(&mut buf) => {
                 if let Ok((n, source)) = res
-                    && downlink.as_mut().is_none_or(|d| d.admit(n, Instant::now()))
+                    && straight(&mut downlink, Instant::now(), source, &buf[..n])
                     && let Ok(contents) = buf[..n].try_into()
                 {
                     str0m_now = Instant::now();
@@ -488,12 +491,32 @@ async fn media(
         // A polled socket: what came since the last wake, each at its arrival time.
         while let Some((n, source, arrived)) = socket.poll(&mut buf, str0m_now) {
             str0m_now = arrived;
-            if downlink.as_mut().is_some_and(|d| !d.admit(n, arrived)) {
+            if !straight(&mut downlink, arrived, source, &buf[..n]) {
                 continue;
             }
             if let Ok(contents) = buf[..n].try_into() {
                 let input = Input::Receive(
                     arrived,
+                    Receive {
+                        proto: socket.proto(),
+                        source,
+                        destination: local,
+                        contents,
+                    },
+                );
+                if rtc.accepts(&input) {
+                    rtc.handle_input(input)
+                        .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                    drain!();
+                }
+            }
+        }
+        // What came out of the emulated downlink by now, at the instant it did.
+        while let Some((at, source, data)) = downlink.as_mut().and_then(|d| d.due(Instant::now())) {
+            str0m_now = at;
+            if let Ok(contents) = data.as_slice().try_into() {
+                let input = Input::Receive(
+                    at,
                     Receive {
                         proto: socket.proto(),
                         source,
@@ -651,4 +674,21 @@ fn seed(user: &str) -> u64 {
     user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// Whether a datagram goes to the peer now: without an emulated downlink; with one, it is
+/// queued there (or dropped) and comes out when the link has carried it.
+fn straight(
+    downlink: &mut Option<crate::impair::Downlink>,
+    now: Instant,
+    source: std::net::SocketAddr,
+    data: &[u8],
+) -> bool {
+    match downlink {
+        Some(d) => {
+            d.push(now, source, data);
+            false
+        }
+        None => true,
+    }
 }

@@ -166,42 +166,56 @@ mod tests {
     }
 }
 
-/// An emulated downlink bottleneck: a token bucket of `kbps` holding 100 ms of it; what comes
-/// in beyond it is dropped (as a saturated access link's queue would).
+/// An emulated downlink bottleneck: a queue drained at `kbps` (datagrams wait their turn, so
+/// delay grows as it fills, which a sender's congestion control reads), dropping what would
+/// wait over [`Downlink::MAX_QUEUE`] (a saturated access link's drop-tail queue).
 pub struct Downlink {
     bytes_per_s: f64,
-    depth: f64,
-    tokens: f64,
-    last: Option<Instant>,
+    /// When the link is free again.
+    busy_until: Option<Instant>,
+    queue: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     pub dropped: u64,
 }
 
 impl Downlink {
+    pub const MAX_QUEUE: Duration = Duration::from_millis(300);
+    /// Datagrams held at most (a bound on memory whatever comes in).
+    const MAX_HELD: usize = 4096;
+
     pub fn new(kbps: u32) -> Self {
-        let bytes_per_s = f64::from(kbps) * 1000.0 / 8.0;
         Self {
-            bytes_per_s,
-            depth: bytes_per_s / 10.0,
-            tokens: bytes_per_s / 10.0,
-            last: None,
+            bytes_per_s: f64::from(kbps.max(1)) * 1000.0 / 8.0,
+            busy_until: None,
+            queue: std::collections::VecDeque::new(),
             dropped: 0,
         }
     }
 
-    /// Whether a datagram of `len` bytes arriving at `now` gets through.
-    pub fn admit(&mut self, len: usize, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.bytes_per_s).min(self.depth);
-        }
-        self.last = Some(now);
-        if self.tokens >= len as f64 {
-            self.tokens -= len as f64;
-            true
-        } else {
+    /// A datagram from `source` arriving at `now`: queued (`true`) or dropped.
+    pub fn push(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        // UDP and IP headers count on the wire.
+        let wire = (data.len() + 28) as f64;
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start - now > Self::MAX_QUEUE || self.queue.len() >= Self::MAX_HELD {
             self.dropped += 1;
-            false
+            return false;
         }
+        let done = start + Duration::from_secs_f64(wire / self.bytes_per_s);
+        self.busy_until = Some(done);
+        self.queue.push_back((done, source, data.to_vec()));
+        true
+    }
+
+    /// The next datagram through the link by `now`, with when it came out.
+    pub fn due(&mut self, now: Instant) -> Option<(Instant, SocketAddr, Vec<u8>)> {
+        if self.queue.front().is_some_and(|(at, ..)| *at <= now) {
+            return self.queue.pop_front();
+        }
+        None
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(at, ..)| *at)
     }
 }
 
@@ -210,15 +224,29 @@ mod downlink_tests {
     use super::*;
 
     #[test]
-    fn a_capped_downlink_passes_its_rate_and_drops_the_rest() {
+    fn a_capped_downlink_delays_then_drops_what_exceeds_its_rate() {
         let t = Instant::now();
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut d = Downlink::new(300);
-        // 1,000 bytes every 10 ms (800 kbit/s) for 10 s.
-        let passed = (0..1000u64)
-            .filter(|i| d.admit(1000, t + Duration::from_millis(i * 10)))
-            .count();
-        let kbps = passed as f64 * 8.0 / 10.0;
-        assert!((290.0..=310.0).contains(&kbps), "{kbps} kbit/s");
+        // 972-byte datagrams (1,000 on the wire) every 10 ms (800 kbit/s) for 10 s.
+        let mut passed = 0;
+        for i in 0..1000u64 {
+            let now = t + Duration::from_millis(i * 10);
+            d.push(now, from, &[0; 972]);
+            while d.due(now).is_some() {
+                passed += 1;
+            }
+        }
+        let kbps = f64::from(passed) * 8.0 / 10.0;
+        assert!((280.0..=310.0).contains(&kbps), "{kbps} kbit/s");
         assert!(d.dropped > 600);
+        assert!(d.next_due().is_some(), "a queue is left");
+        // The first datagram waits only its own serialization (1,000 bytes at 300 kbit/s).
+        let mut e = Downlink::new(300);
+        e.push(t, from, &[0; 972]);
+        assert_eq!(
+            e.next_due(),
+            Some(t + Duration::from_secs_f64(1000.0 / 37_500.0))
+        );
     }
 }

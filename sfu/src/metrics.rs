@@ -38,6 +38,8 @@ pub struct Metrics {
     pub rtp_bytes: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub layer_switches: IntCounter,
+    pub streams_paused: IntGauge,
+    pub subscriber_bandwidth: Histogram,
     pub nacks_received: IntCounter,
     pub datagrams_dropped: IntCounterVec,
     pub limits_hit: IntCounterVec,
@@ -221,6 +223,17 @@ impl Metrics {
             layer_switches: plain_counter(
                 "sfu_simulcast_layer_switches_total",
                 "Simulcast layer switches made for subscribers (each at a keyframe of the new layer): a subscriber's choice, or what its downlink carries, changed.",
+            ),
+            streams_paused: gauge(
+                "sfu_simulcast_streams_paused",
+                "Simulcast videos paused for a subscriber now because its downlink does not carry even their lowest layer (each subscriber is told with stream_paused).",
+            ),
+            subscriber_bandwidth: histogram(
+                "sfu_subscriber_bandwidth_bits",
+                "Estimated downlink of each video subscriber (bit/s of RTP payload, str0m's GCC on its transport-wide feedback), sampled once a second per subscriber.",
+                vec![
+                    100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6,
+                ],
             ),
             nacks_received: plain_counter(
                 "sfu_nacks_received_total",

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// How long a dip must last to take a layer away, and a rise to add one.
 pub const HOLD: Duration = Duration::from_secs(1);
+/// An estimate unchanged this long is stuck (str0m stopped probing after losses).
+pub const STUCK_AFTER: Duration = Duration::from_secs(8);
 /// Estimates kept (more within [`HOLD`] are merged into the newest).
 const SAMPLES: usize = 16;
 
@@ -37,6 +39,8 @@ pub struct Downlink {
     /// (since when, lowest, highest estimate in bit/s), oldest first; at most [`SAMPLES`].
     samples: Vec<(Instant, u64, u64)>,
     latest: Option<u64>,
+    /// Since when the latest estimate has been the same.
+    since: Option<Instant>,
 }
 
 impl Downlink {
@@ -46,6 +50,9 @@ impl Downlink {
         // next one).
         while self.samples.len() >= 2 && now.saturating_duration_since(self.samples[1].0) >= HOLD {
             self.samples.remove(0);
+        }
+        if self.latest != Some(bps) {
+            self.since = Some(now);
         }
         self.latest = Some(bps);
         let full = self.samples.len() == SAMPLES;
@@ -61,6 +68,14 @@ impl Downlink {
     /// The latest estimate.
     pub fn latest(&self) -> Option<u64> {
         self.latest
+    }
+
+    /// The latest estimate, if it has not changed for [`STUCK_AFTER`].
+    pub fn stuck(&self, now: Instant) -> Option<u64> {
+        self.latest.filter(|_| {
+            self.since
+                .is_some_and(|t| now.saturating_duration_since(t) >= STUCK_AFTER)
+        })
     }
 
     /// The estimates in force during the last [`HOLD`]: every sample newer than that, and the
@@ -120,6 +135,18 @@ mod tests {
             "a rise that lasts is climbed"
         );
         assert_eq!(d.latest(), Some(600_000));
+    }
+
+    #[test]
+    fn an_estimate_unchanged_for_long_is_stuck() {
+        let t = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(100_000, t);
+        d.on_estimate(100_000, t + Duration::from_secs(5));
+        assert_eq!(d.stuck(t + Duration::from_secs(7)), None);
+        assert_eq!(d.stuck(t + STUCK_AFTER), Some(100_000));
+        d.on_estimate(120_000, t + Duration::from_secs(9));
+        assert_eq!(d.stuck(t + Duration::from_secs(16)), None);
     }
 
     #[test]

@@ -137,8 +137,8 @@ pub struct Peer {
     pub quality: LinkQuality,
     /// Σ energy·seconds and seconds of audio in the current volume interval.
     pub volume: (f64, f64),
-    /// The bandwidth estimates toward this member, the bitrate its subscriptions would take
-    /// as last told to the estimator, and when it was last asked to probe for more.
+    /// The bandwidth estimates toward this member, the desired bitrate last told to the
+    /// estimator, and when it last probed for more and how long it waits to probe again.
     pub downlink: Downlink,
     pub desired: u64,
     pub probed_at: Option<Instant>,
@@ -254,9 +254,8 @@ impl Peer {
         })
     }
 
-    /// Tells the bandwidth estimator the bitrate this member's subscriptions would take: a
-    /// rise above its estimate starts a probe for it. No padding floor: padding sized on
-    /// str0m's payload-only estimate overfills a link carrying small packets.
+    /// Tells the bandwidth estimator the bitrate this member's subscriptions would take: its
+    /// probes are capped by it, and a rise above its estimate starts one.
     pub fn set_desired(
         &mut self,
         now: Instant,
@@ -267,6 +266,17 @@ impl Peer {
         self.mutate(now, sink, |rtc| {
             rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
         })
+    }
+
+    /// Restarts the bandwidth estimator from `bps`: it forgets what held it (losses long
+    /// past) and probes at 3 and 6 times that.
+    pub fn restart_estimate(
+        &mut self,
+        now: Instant,
+        bps: u64,
+        sink: &mut Sink,
+    ) -> Result<(), Failure> {
+        self.mutate(now, sink, |rtc| rtc.bwe().reset(Bitrate::bps(bps)))
     }
 
     /// The codec of the member's payload type `pt`.

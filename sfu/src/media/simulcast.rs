@@ -46,6 +46,14 @@ const INACTIVE_AFTER: Duration = Duration::from_millis(1500);
 /// How often subscriptions are re-targeted on what the layers carry.
 pub const RETARGET_EVERY: Duration = Duration::from_millis(250);
 
+/// What a subscription forwards, as the allocator counts it ([`LayerSelector::held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    Layer(Rid),
+    Lowest,
+    Nothing,
+}
+
 /// What a subscriber asked for a publisher's video.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VideoChoice {
@@ -325,11 +333,16 @@ impl LayerSelector {
         self.current
     }
 
-    /// The layer forwarded now, and whether the allocator may count it as held: one its cap
-    /// led to (or any, when the downlink is not estimated). Otherwise only the lowest layer
-    /// counts as held: the stream is kept, not the layer it started on.
-    pub fn held(&self) -> (Option<Rid>, bool) {
-        (self.current, self.current_capped || !self.start_low)
+    /// What the allocator counts as forwarded now (kept while the downlink carries it; more
+    /// needs a lasting rise): the layer a cap led to (or any, when the downlink is not
+    /// estimated); else, unless paused, the lowest (a stream starting, or one on the layer it
+    /// started on: the stream is kept, not that layer).
+    pub fn held(&self) -> Held {
+        match self.current {
+            Some(rid) if self.current_capped || !self.start_low => Held::Layer(rid),
+            _ if self.paused => Held::Nothing,
+            _ => Held::Lowest,
+        }
     }
 
     /// The layer wanted (`None`: video off or paused).
@@ -364,13 +377,8 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    /// What a subscription forwarding `held` wants of `layers` (see [`LayerSelector::held`]).
-    pub fn of(
-        choice: VideoChoice,
-        layers: &Layers,
-        (current, counted): (Option<Rid>, bool),
-        now: Instant,
-    ) -> Self {
+    /// What a subscription forwarding `held` wants of `layers`.
+    pub fn of(choice: VideoChoice, layers: &Layers, held: Held, now: Instant) -> Self {
         let mut w = Wanted {
             choice,
             ..Default::default()
@@ -378,9 +386,12 @@ impl Wanted {
         for (i, (rid, rate)) in layers.active(now).enumerate() {
             w.rates[i] = rate;
             w.layers = i + 1;
-            if current == Some(rid) {
-                w.current = Some(if counted { i } else { 0 });
+            if held == Held::Layer(rid) {
+                w.current = Some(i);
             }
+        }
+        if held == Held::Lowest && w.layers > 0 {
+            w.current = Some(0);
         }
         w
     }

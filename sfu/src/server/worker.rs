@@ -171,6 +171,8 @@ pub(crate) fn spawn(
                         tcp_dropped: [0; 2],
                         flushed_tcp: [0; 2],
                         transport_reported: [0; 3],
+                        paused_reported: 0,
+                        estimates: Vec::new(),
                     }
                     .run(
                         rx,
@@ -229,6 +231,10 @@ struct Worker {
     flushed_tcp: [u64; 2],
     /// Connected Peers by transport as last added to the shared gauge.
     transport_reported: [i64; 3],
+    /// Videos paused for lack of downlink as last added to the shared gauge, and the
+    /// subscribers' estimates (reused).
+    paused_reported: i64,
+    estimates: Vec<u64>,
 }
 
 impl Worker {
@@ -327,6 +333,7 @@ impl Worker {
         }
         self.flush();
         self.metrics.peers_active.sub(self.peers_reported);
+        self.metrics.streams_paused.sub(self.paused_reported);
         for t in crate::media::Transport::ALL {
             self.metrics
                 .peers_by_transport
@@ -542,6 +549,12 @@ impl Worker {
                 .with_label_values(&[t.as_str()])
                 .add(delta);
             self.transport_reported[*t as usize] = n as i64;
+        }
+        let paused = self.core.downlinks(&mut self.estimates) as i64;
+        m.streams_paused.add(paused - self.paused_reported);
+        self.paused_reported = paused;
+        for &bps in &self.estimates {
+            m.subscriber_bandwidth.observe(bps as f64);
         }
         let peers = self.core.peers() as i64;
         m.peers_active.add(peers - self.peers_reported);

@@ -207,7 +207,7 @@ fn the_allocator_respects_low_and_off() {
 fn a_cap_from_the_allocator_makes_the_selector_pick_that_layer() {
     let t0 = Instant::now();
     let (l, now) = three(t0);
-    let w = Wanted::of(VideoChoice::High, &l, (Some(rid("f")), true), now);
+    let w = Wanted::of(VideoChoice::High, &l, Held::Layer(rid("f")), now);
     assert_eq!(w.layers, 3);
     let c = caps(w.rates[0] + (w.rates[1] - w.rates[0]) * 5 / 4 + 1, &[w]);
     let mut s = LayerSelector::default();

@@ -141,10 +141,14 @@ impl MediaCore {
                 s.selector.set_cap(cap);
             }
         }
-        // Told on a real change (a rise above the estimate starts str0m's allocation probe).
-        // While a step up does not fit, asked again every PROBE_EVERY: a link whose capacity
-        // came back is found by probing, since what is sent stays under the estimate's reach
-        // (GCC grows it to 1.5 times what is acknowledged, no further).
+        // While a step up does not fit, the downlink is probed now and then (after 4 s, 8,
+        // then every 16): GCC alone grows its estimate to 1.5 times what is acknowledged, no
+        // further, so what is sent would stay where it is after the link recovered. A probe:
+        // the desired rate lowered now and raised at the next allocation (str0m starts an
+        // allocation probe on a rise above its estimate). After losses str0m may stop probing
+        // at all: an estimate stuck that long is restarted from itself instead (its first
+        // probes, 3 and 6 times it for 15 ms, find a recovered link). No padding floor: sized
+        // on str0m's payload-only estimate, one overfilled links carrying small packets.
         let wanting = step > 0 && desired > p.downlink.latest().unwrap_or(0);
         if !wanting {
             p.probe_wait = PROBE_FIRST;
@@ -155,14 +159,15 @@ impl MediaCore {
                 out: &mut self.out,
                 events: &mut self.events,
             };
-            // str0m probes on a rise of the desired rate (seen on its next timeout): to ask
-            // again, a step down now, back up at the next allocation (a volume tick later).
             let result = if reprobe && desired <= p.desired {
                 if p.probed_at.is_some() {
                     p.probe_wait = (p.probe_wait * 2).min(PROBE_LAST);
                 }
                 p.probed_at = Some(now);
-                p.set_desired(now, desired * 9 / 10, &mut sink)
+                match p.downlink.stuck(now) {
+                    Some(bps) => p.restart_estimate(now, bps, &mut sink),
+                    None => p.set_desired(now, desired * 9 / 10, &mut sink),
+                }
             } else {
                 p.set_desired(now, desired, &mut sink)
             };
