@@ -162,6 +162,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MEDIA_TICK", value_name = "DURATION")]
     pub media_tick: Option<Dur>,
 
+    /// Downlink estimation: each video subscriber's downlink is estimated (GCC on its
+    /// transport-wide feedback, sending paced) and the simulcast layers it gets fit it; a video
+    /// that does not fit is paused for it (`stream_paused`). Off, layers follow `subscribe`
+    /// only. Experimental: under CPU load the estimates run low (docs/architecture.md).
+    /// [default: false]
+    #[arg(long, env = "SFU_BWE", value_name = "BOOL")]
+    pub bwe: Option<bool>,
+
     /// Once a worker has read datagrams, it lets the next ones gather this long and takes
     /// them in one batch: under load one wake-up serves many packets, at the price of at most
     /// this much added delay; an idle worker still wakes at the first datagram. 0 reads on
@@ -319,6 +327,8 @@ pub struct ServeConfig {
     pub quality_interval: Duration,
     pub volume_interval: Duration,
     pub media_tick: Duration,
+    /// `--bwe`: subscribers' downlinks estimated and simulcast layers fitted to them.
+    pub bwe: bool,
     pub media_batch_window: Duration,
     pub cdr_file: Option<PathBuf>,
     pub call_records: usize,
@@ -585,6 +595,7 @@ impl ServeArgs {
             quality_interval,
             volume_interval,
             media_tick,
+            bwe: self.bwe.unwrap_or(false),
             media_batch_window,
             cdr_file: self.cdr_file,
             call_records,

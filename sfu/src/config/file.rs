@@ -43,6 +43,7 @@ impl ServeArgs {
             quality_interval: self.quality_interval.or(file.quality_interval),
             volume_interval: self.volume_interval.or(file.volume_interval),
             media_tick: self.media_tick.or(file.media_tick),
+            bwe: self.bwe.or(file.bwe),
             media_batch_window: self.media_batch_window.or(file.media_batch_window),
             cdr_file: self.cdr_file.or(file.cdr_file),
             call_records: self.call_records.or(file.call_records),

@@ -136,3 +136,30 @@ fn cluster_settings_are_checked() {
     let toml: ServeArgs = toml::from_str("spill-above = 5").unwrap();
     assert_eq!(toml.spill_above, Some(5));
 }
+
+#[test]
+fn downlink_estimation_is_off_unless_asked() {
+    use clap::Parser;
+    let dev = ServeArgs {
+        dev: true,
+        ..Default::default()
+    };
+    assert!(!dev.resolve().unwrap().bwe);
+    let cli = Cli::try_parse_from(["sfu", "serve", "--dev", "--bwe", "true"]).unwrap();
+    match cli.command {
+        Command::Serve(a) => assert!(a.resolve().unwrap().bwe),
+        _ => panic!("expected serve"),
+    }
+    let toml: ServeArgs = toml::from_str("bwe = true").unwrap();
+    assert!(
+        ServeArgs {
+            dev: true,
+            ..Default::default()
+        }
+        .over(toml)
+        .resolve()
+        .unwrap()
+        .bwe
+    );
+    assert!(Cli::try_parse_from(["sfu", "serve", "--bwe", "maybe"]).is_err());
+}

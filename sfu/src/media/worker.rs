@@ -84,8 +84,8 @@ pub struct MediaConfig {
     /// Timer deadlines are served on a grid of this step (zero: each at its instant); see
     /// [`super::tick`] for why the default is safe.
     pub tick: Duration,
-    /// Experimental, off by default: estimate each video-call subscriber's downlink (str0m's
-    /// GCC) and fit its simulcast layers to it. Off, layers follow `subscribe` only.
+    /// Estimate each video-call subscriber's downlink (str0m's GCC, paced sending) and fit its
+    /// simulcast layers to it (`--bwe`; off by default). Off, layers follow `subscribe` only.
     pub bwe: bool,
 }
 
@@ -98,7 +98,7 @@ impl MediaConfig {
             volume_interval: Duration::from_millis(300),
             limits: MediaLimits::default(),
             tick: DEFAULT_TICK,
-            bwe: true,
+            bwe: false,
         }
     }
 }

@@ -172,6 +172,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                 quality_interval: cfg.quality_interval,
                 volume_interval: cfg.volume_interval,
                 tick: cfg.media_tick,
+                bwe: cfg.bwe,
                 limits: cfg.media_limits,
                 ..crate::media::MediaConfig::new(bind)
             },
