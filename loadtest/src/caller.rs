@@ -386,6 +386,27 @@ async fn media(
             }
         };
     }
+    // One datagram into the peer, as received at `at`, then its output drained.
+    macro_rules! receive {
+        ($at:expr, $source:expr, $bytes:expr) => {
+            if let Ok(contents) = $bytes.try_into() {
+                let input = Input::Receive(
+                    $at,
+                    Receive {
+                        proto: socket.proto(),
+                        source: $source,
+                        destination: local,
+                        contents,
+                    },
+                );
+                if rtc.accepts(&input) {
+                    rtc.handle_input(input)
+                        .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+                    drain!();
+                }
+            }
+        };
+    }
 
     loop {
         let timeout = drain!();
@@ -431,19 +452,9 @@ async fn media(
             res = socket.recv_now(&mut buf) => {
                 if let Ok((n, source)) = res
                     && straight(&mut downlink, Instant::now(), source, &buf[..n])
-                    && let Ok(contents) = buf[..n].try_into()
                 {
                     str0m_now = Instant::now();
-                    let input = Input::Receive(str0m_now, Receive {
-                        proto: socket.proto(),
-                        source,
-                        destination: local,
-                        contents,
-                    });
-                    if rtc.accepts(&input) {
-                        rtc.handle_input(input).map_err(|e| anyhow::anyhow!("peer: {e}"))?;
-                        drain!();
-                    }
+                    receive!(str0m_now, source, &buf[..n]);
                 }
             }
             frame = sig.next() => {
@@ -494,42 +505,12 @@ async fn media(
             if !straight(&mut downlink, arrived, source, &buf[..n]) {
                 continue;
             }
-            if let Ok(contents) = buf[..n].try_into() {
-                let input = Input::Receive(
-                    arrived,
-                    Receive {
-                        proto: socket.proto(),
-                        source,
-                        destination: local,
-                        contents,
-                    },
-                );
-                if rtc.accepts(&input) {
-                    rtc.handle_input(input)
-                        .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
-                    drain!();
-                }
-            }
+            receive!(arrived, source, &buf[..n]);
         }
         // What came out of the emulated downlink by now, at the instant it did.
         while let Some((at, source, data)) = downlink.as_mut().and_then(|d| d.due(Instant::now())) {
             str0m_now = at;
-            if let Ok(contents) = data.as_slice().try_into() {
-                let input = Input::Receive(
-                    at,
-                    Receive {
-                        proto: socket.proto(),
-                        source,
-                        destination: local,
-                        contents,
-                    },
-                );
-                if rtc.accepts(&input) {
-                    rtc.handle_input(input)
-                        .map_err(|e| anyhow::anyhow!("peer: {e}"))?;
-                    drain!();
-                }
-            }
+            receive!(at, source, data.as_slice());
         }
         let now_std = Instant::now();
         // Only when due: a timeout is str0m's costliest call, and a received packet does

@@ -252,27 +252,6 @@ impl MediaCore {
             .is_some()
     }
 
-    /// The bandwidth estimate toward `user`'s Peer in `call_id` (bit/s), once there is one.
-    pub fn estimate(&mut self, call_id: &str, user: &str) -> Option<u64> {
-        self.member_mut(call_id, user)
-            .and_then(|p| p.downlink.latest())
-    }
-
-    /// Of the estimated subscribers: their estimates (into `estimates`, cleared first), and
-    /// how many videos are paused for them. O(Peers × subscriptions): for the once-a-second
-    /// flush, not the packet path.
-    pub fn downlinks(&self, estimates: &mut Vec<u64>) -> usize {
-        estimates.clear();
-        let mut paused = 0;
-        for p in self.slots.iter().filter_map(|s| s.peer.as_ref()) {
-            if let Some(bps) = p.downlink.latest() {
-                estimates.push(bps);
-                paused += p.subs.iter().filter(|(_, s)| s.selector.paused()).count();
-            }
-        }
-        paused
-    }
-
     /// Calls with at least one Peer on this worker.
     pub fn calls(&self) -> usize {
         self.rooms.len()
