@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, loadtest};
+use common::{Server, loadtest, loadtest_release};
 use serde_json::Value;
 
 fn no_failures(r: &Value) {
@@ -214,13 +214,13 @@ async fn simulcast_group_gives_each_receiver_the_layer_it_asks_for() {
 
 /// Issue 15, with downlink estimation on (`--bwe true`): a group of 6 publishing simulcast
 /// where the last member's downlink is capped at 800 kbit/s (a drop-tail queue emulated in
-/// that caller). The others pass verification (each hears and sees everyone); the capped
-/// member hears everyone (at most a video paused for it) and receives far less video.
-/// Not asserted: freezes. With estimation on, uncapped receivers still see one or two gaps
-/// over 500 ms in such a run (the open part of issue 15, see docs/architecture.md).
+/// that caller). Everyone passes verification (hears and sees everyone), nobody else's video
+/// freezes, and the capped member receives far less video. Release builds of the server and
+/// of loadtest: in debug builds on a shared machine the delay a starved CPU adds reads as
+/// congestion to the estimator, estimates sag and videos pause (docs/architecture.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_group_with_a_capped_caller_fits_its_downlink() {
-    let s = Server::start(&["--bwe", "true"]).await;
+    let s = Server::start_release(&["--bwe", "true"]).await;
     let args = [
         "--scenario",
         "group",
@@ -239,37 +239,28 @@ async fn simulcast_group_with_a_capped_caller_fits_its_downlink() {
         "--capped",
         "1",
     ];
-    let (_, r) = loadtest(&s, "simcap", &args).await;
-    let capped_user = "simcap-g0-5";
-    for f in r["verification_failures"].as_array().unwrap() {
-        let f = f.as_str().unwrap();
-        assert!(
-            f.starts_with(capped_user) && f.contains("video"),
-            "only the capped member may miss a paused video: {f} in {r:#}"
-        );
-    }
+    let (code, r) = loadtest_release(&s, "simcap", &args).await;
+    assert_eq!(code, 0, "{r:#}");
+    no_failures(&r);
     assert_eq!(r["volume_named_speakers"]["yes"], 6, "{r:#}");
+    let capped_user = "simcap-g0-5";
     let receivers = r["receivers"].as_array().unwrap();
+    assert_eq!(receivers.len(), 6, "{r:#}");
     let kbps = |rv: &Value| rv["kbps"].as_f64().unwrap();
-    let capped = receivers
-        .iter()
-        .find(|rv| rv["user"] == capped_user)
-        .map(kbps)
-        .unwrap_or(0.0);
-    let others: Vec<f64> = receivers
-        .iter()
-        .filter(|rv| rv["user"] != capped_user)
-        .map(kbps)
-        .collect();
-    assert_eq!(others.len(), 5, "{r:#}");
-    let min_other = others.iter().copied().fold(f64::MAX, f64::min);
+    let (capped, others): (Vec<&Value>, Vec<&Value>) =
+        receivers.iter().partition(|rv| rv["user"] == capped_user);
+    for rv in &others {
+        assert_eq!(rv["freezes"], 0, "{rv:#}");
+    }
+    let capped = kbps(capped[0]);
+    let min_other = others.iter().map(|rv| kbps(rv)).fold(f64::MAX, f64::min);
     assert!(
         capped < 600.0,
         "capped {capped} kbit/s of video on an 800 kbit/s link"
     );
     assert!(
         capped * 1.5 < min_other,
-        "capped {capped}, others {others:?}"
+        "capped {capped}, others from {min_other}"
     );
     assert!(s.metric("sfu_subscriber_bandwidth_bits_count").await > 0.0);
 }

@@ -30,24 +30,39 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// never exercises a stale server.
 pub fn sfu_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("sfu")).clone()
+    BIN.get_or_init(|| workspace_bin("sfu", false)).clone()
 }
 
 /// Path of the `loadtest` binary, built like [`sfu_bin`].
 pub fn loadtest_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("loadtest")).clone()
+    BIN.get_or_init(|| workspace_bin("loadtest", false)).clone()
 }
 
-fn workspace_bin(name: &str) -> PathBuf {
+/// Release builds of `sfu` and `loadtest`, for the few tests whose subject is timing a debug
+/// build distorts (a congestion controller reads a starved CPU's delay as a full link).
+pub fn release_bins() -> (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| (workspace_bin("sfu", true), workspace_bin("loadtest", true)))
+        .clone()
+}
+
+fn workspace_bin(name: &str, release: bool) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
+    let debug = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
         .to_path_buf();
+    let mut args = vec!["build", "--quiet", "-p", name, "--bin", name];
+    let dir = if release {
+        args.push("--release");
+        debug.parent().expect("target dir").join("release")
+    } else {
+        debug
+    };
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .args(&args)
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p {name} failed");
@@ -67,18 +82,27 @@ impl Server {
         Self::start_mode(true, extra).await
     }
 
+    /// A dev-mode server from the release build ([`release_bins`]).
+    pub async fn start_release(extra: &[&str]) -> Server {
+        Self::start_bin(release_bins().0, true, extra).await
+    }
+
     /// A production-mode server (secret `a-production-secret-0123`).
     pub async fn start_prod(extra: &[&str]) -> Server {
         Self::start_mode(false, extra).await
     }
 
     async fn start_mode(dev: bool, extra: &[&str]) -> Server {
+        Self::start_bin(sfu_bin(), dev, extra).await
+    }
+
+    async fn start_bin(bin: PathBuf, dev: bool, extra: &[&str]) -> Server {
         let mode: &[&str] = if dev {
             &["--dev"]
         } else {
             &["--jwt-secret", "a-production-secret-0123"]
         };
-        let mut child = Command::new(sfu_bin())
+        let mut child = Command::new(bin)
             .arg("serve")
             .args(mode)
             .args([
@@ -520,10 +544,19 @@ pub async fn connected_call(caller: &mut Client, callee: &mut Client, media: &st
 
 /// Runs loadtest against `s`; returns its exit code and JSON report.
 pub async fn loadtest(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
+    loadtest_with(loadtest_bin(), s, name, args).await
+}
+
+/// [`loadtest`] from the release build ([`release_bins`]).
+pub async fn loadtest_release(s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
+    loadtest_with(release_bins().1, s, name, args).await
+}
+
+async fn loadtest_with(bin: PathBuf, s: &Server, name: &str, args: &[&str]) -> (i32, Value) {
     let report: PathBuf =
         std::env::temp_dir().join(format!("loadtest-{}-{name}.json", std::process::id()));
     let _ = std::fs::remove_file(&report);
-    let out = tokio::process::Command::new(loadtest_bin())
+    let out = tokio::process::Command::new(bin)
         .arg("--url")
         .arg(s.ws_url())
         .arg("--report")
