@@ -171,25 +171,28 @@ fn kbps_by_choice(r: &Value) -> (Vec<f64>, Vec<f64>) {
     (chose, rest)
 }
 
+/// One call of 6 members, each publishing audio and three simulcast layers.
+const SIMULCAST_GROUP: [&str; 10] = [
+    "--scenario",
+    "group",
+    "--group-size",
+    "6",
+    "--calls",
+    "1",
+    "--media",
+    "video",
+    "--simulcast",
+    "3",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_group_gives_each_receiver_the_layer_it_asks_for() {
     let s = Server::start(&[]).await;
     let group = [
-        "--scenario",
-        "group",
-        "--group-size",
-        "6",
-        "--calls",
-        "1",
-        "--media",
-        "video",
-        "--simulcast",
-        "3",
-        "--duration",
-        "6s",
-        "--view-share",
-        "0.5",
-    ];
+        &SIMULCAST_GROUP[..],
+        &["--duration", "6s", "--view-share", "0.5"],
+    ]
+    .concat();
     // Half the callers ask for every other member's low layer: verified (their last layer is
     // the lowest), no freezes, and they receive far less video than the others.
     let (code, r) = loadtest(&s, "simlow", &[&group[..], &["--view", "low"]].concat()).await;
@@ -222,23 +225,17 @@ async fn simulcast_group_gives_each_receiver_the_layer_it_asks_for() {
 async fn simulcast_group_with_a_capped_caller_fits_its_downlink() {
     let s = Server::start_release(&["--bwe", "true"]).await;
     let args = [
-        "--scenario",
-        "group",
-        "--group-size",
-        "6",
-        "--calls",
-        "1",
-        "--media",
-        "video",
-        "--simulcast",
-        "3",
-        "--duration",
-        "15s",
-        "--downlink-kbps",
-        "800",
-        "--capped",
-        "1",
-    ];
+        &SIMULCAST_GROUP[..],
+        &[
+            "--duration",
+            "15s",
+            "--downlink-kbps",
+            "800",
+            "--capped",
+            "1",
+        ],
+    ]
+    .concat();
     let (code, r) = loadtest_release(&s, "simcap", &args).await;
     assert_eq!(code, 0, "{r:#}");
     no_failures(&r);

@@ -121,7 +121,9 @@ impl MediaCore {
         // Fixed: what is forwarded whatever the estimate (withheld tracks of muted and held
         // members take nothing).
         let mut fixed = 0;
-        let mut videos: Vec<(SubId, Wanted)> = Vec::new();
+        // The simulcast videos, and what each wants.
+        let mut videos: Vec<SubId> = Vec::new();
+        let mut wanted: Vec<Wanted> = Vec::new();
         for (sub, source, mid, kind, sel) in subs {
             let Some(publisher) = slot_peer(&mut self.slots, source) else {
                 continue;
@@ -132,14 +134,14 @@ impl MediaCore {
             };
             match (kind, track.layers) {
                 (MediaKind::Video, Some(l)) => {
-                    videos.push((sub, Wanted::of(sel.choice(), &l, sel.held(), now)))
+                    videos.push(sub);
+                    wanted.push(Wanted::of(sel.choice(), &l, sel.held(), now));
                 }
                 _ if withheld || sel.choice() == VideoChoice::Off => {}
                 (MediaKind::Audio, _) => fixed += track.rate.get(now).max(AUDIO_RESERVE),
                 (MediaKind::Video, None) => fixed += track.rate.get(now),
             }
         }
-        let wanted: Vec<Wanted> = videos.iter().map(|(_, w)| *w).collect();
         let budget = Budget {
             keep: keep.saturating_sub(fixed),
             climb: (climb * CLIMB_PERCENT / 100).saturating_sub(fixed),
@@ -157,7 +159,7 @@ impl MediaCore {
         } else {
             desired
         };
-        for ((sub, _), cap) in videos.iter().zip(caps) {
+        for (sub, cap) in videos.iter().zip(caps) {
             if let Some(s) = p.subs.get_mut(*sub) {
                 s.selector.set_cap(cap);
             }
